@@ -1,0 +1,1 @@
+"""Operators. One folder per op: functional (public), reference (oracle), backends, dispatch."""

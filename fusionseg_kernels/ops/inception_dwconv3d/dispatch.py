@@ -1,0 +1,140 @@
+"""Backend choice for inception_dwconv3d: explicit names checked, "auto" resolved and cached.
+
+"auto" (SPEC §2): CPU tensors -> "cpu" (else "reference"); CUDA tensors -> the backend the
+recorded GPU table (gpu_table.json, written by bench/gpu_check.sh from measured results)
+prefers for this GPU, dtype and size class; "triton" with no record; "reference" when nothing
+else is built. The choice is made and cached (and logged at DEBUG level) outside traced code:
+under torch.compile the same pure lookup runs with no side effects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..._extension import extension_available, has_cuda_kernels, require_extension
+
+log = logging.getLogger("fusionseg_kernels.dispatch")
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+GPU_TABLE_PATH = Path(__file__).with_name("gpu_table.json")
+_CHOICES: dict = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend is not built or cannot run on these tensors."""
+
+
+def size_class(x: torch.Tensor) -> str:
+    """Coarse size bucket of x used as the GPU table's shape key."""
+    nbytes = x.numel() * x.element_size()
+    if nbytes < (4 << 20):
+        return "small"
+    if nbytes < (32 << 20):
+        return "medium"
+    return "large"
+
+
+@lru_cache(maxsize=None)
+def _gpu_table() -> tuple:
+    try:
+        entries = json.loads(GPU_TABLE_PATH.read_text()).get("entries", [])
+    except (OSError, ValueError):
+        return ()
+    return tuple((e["device_name"], e["dtype"], e["size_class"], e["backend"]) for e in entries)
+
+
+def triton_status() -> tuple[bool, str]:
+    """(usable, why not) for the Triton backend on this machine."""
+    try:
+        from . import triton_impl
+    except ImportError as err:
+        return False, f"the triton backend is not available ({err})"
+    return triton_impl.available()
+
+
+def _triton_usable_on(x: torch.Tensor) -> tuple[bool, str]:
+    ok, why = triton_status()
+    if not ok:
+        return False, why
+    if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        return True, ""
+    return False, ("the triton backend runs on CUDA tensors (or on CPU tensors with "
+                   "TRITON_INTERPRET=1), got a tensor on " + str(x.device))
+
+
+def check_backend(backend: str, x: torch.Tensor) -> None:
+    """Raises a clear error if `backend` cannot run on x."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "cpu":
+        require_extension()
+        if x.device.type != "cpu":
+            raise BackendUnavailableError(f"backend 'cpu' needs CPU tensors, got a tensor on {x.device}")
+    elif backend == "cuda":
+        require_extension()
+        if not has_cuda_kernels():
+            raise BackendUnavailableError(
+                "backend 'cuda' is not built: this fusionseg extension was compiled without a CUDA "
+                "toolkit; install one (nvcc) and rebuild with `pip install --no-build-isolation -e .`")
+        if x.device.type != "cuda":
+            raise BackendUnavailableError(f"backend 'cuda' needs CUDA tensors, got a tensor on {x.device}")
+    elif backend == "triton":
+        ok, why = _triton_usable_on(x)
+        if not ok:
+            raise BackendUnavailableError(why)
+
+
+def _choose(x: torch.Tensor) -> tuple[str, str]:
+    if x.device.type == "cpu":
+        if extension_available():
+            return "cpu", "CPU tensor and the fused CPU kernel is built"
+        return "reference", "CPU tensor but the C++ extension is not built"
+    if x.device.type == "cuda":
+        name = torch.cuda.get_device_name(x.device)
+        dtype = str(x.dtype).replace("torch.", "")
+        for dev, dt, cls, backend in _gpu_table():
+            if dev == name and dt == dtype and cls == size_class(x):
+                try:
+                    check_backend(backend, x)
+                    return backend, f"recorded as fastest for {name}, {dtype}, {cls} inputs"
+                except (BackendUnavailableError, RuntimeError):
+                    break
+        if _triton_usable_on(x)[0]:
+            return "triton", f"no measured record for {name}, {dtype}, {size_class(x)}: triton by default"
+        if extension_available() and has_cuda_kernels():
+            return "cuda", "triton is not available; the CUDA kernels are built"
+        return "reference", "neither triton nor the CUDA kernels are available"
+    return "reference", f"no fused backend for {x.device.type} tensors"
+
+
+def _key(x):
+    return (x.device.type, x.device.index, x.dtype, size_class(x))
+
+
+def explain_backend(x: torch.Tensor) -> tuple[str, str]:
+    """(backend, reason) that backend="auto" picks for tensors like x."""
+    return _choose(x)
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend != "auto":
+        check_backend(backend, x)
+        return backend
+    if torch.compiler.is_compiling():
+        cached = _CHOICES.get(_key(x))
+        return cached[0] if cached is not None else _choose(x)[0]
+    key = _key(x)
+    if key not in _CHOICES:
+        _CHOICES[key] = _choose(x)
+        log.debug("inception_dwconv3d backend for %s: %s (%s)", key, *_CHOICES[key])
+    return _CHOICES[key][0]
+
+
+def clear_backend_cache() -> None:
+    _CHOICES.clear()
+    _gpu_table.cache_clear()
