@@ -1,0 +1,195 @@
+"""Building blocks of the released networks (SPEC §3): conv-norm-activation layers, the
+dual-branch encoder block, stacked convolutions and the nnU-Net decoder.
+
+Every layer is registered once (the released code registers each layer twice, as ``conv`` and
+``all_modules.0``, and the decoder holds the encoder again); `models/released.py` maps this clean
+tree to and from that released state-dict form.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusionseg_kernels.modules import InceptionDWConv3d
+
+Triple = tuple[int, int, int]
+
+
+def as_triple(value, name: str = "value") -> Triple:
+    if isinstance(value, int):
+        return (value, value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 3:
+        raise ValueError(f"{name} must be an int or 3 ints (D, H, W), got {value}")
+    return value  # type: ignore[return-value]
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Trilinear resize with align_corners=True, as the released code does when sizes differ."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
+
+
+class ConvNormAct(nn.Module):
+    """op -> InstanceNorm3d -> LeakyReLU (``act`` is None when the layer has no activation).
+
+    ``conv`` is an ``nn.Conv3d`` or an ``InceptionDWConv3d`` (the released "CNA" layer, see
+    `make_cna`). Input (N, in, D, H, W) -> (N, out, D', H', W').
+    """
+
+    def __init__(self, conv: nn.Module, channels: int, norm_eps: float, norm_affine: bool,
+                 negative_slope: float | None):
+        super().__init__()
+        self.conv = conv
+        self.norm = nn.InstanceNorm3d(channels, eps=norm_eps, affine=norm_affine)
+        self.act = nn.LeakyReLU(negative_slope, inplace=True) if negative_slope is not None else None
+
+    @property
+    def is_inception(self) -> bool:
+        return isinstance(self.conv, InceptionDWConv3d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        return self.act(x) if self.act is not None else x
+
+
+class LayerFactory:
+    """Builds the layers of one network with its shared settings (norm, activation, bias, backend).
+
+    `cna` is the released CNA rule: an InceptionDWConv3d **whenever in == out**, whatever the
+    kernel size and stride asked for (a quirk of the release, kept for checkpoint and output
+    compatibility); otherwise Conv3d(in, out, k, stride, padding (k-1)//2). `idc_cna` is the
+    IDC-branch rule: InceptionDWConv3d only when in == out *and* stride is 1. With
+    ``use_inception=False`` (the plain nnU-Net) every layer is a dense Conv3d.
+    """
+
+    def __init__(self, *, conv_bias: bool, norm_eps: float, norm_affine: bool, negative_slope: float,
+                 use_inception: bool, backend: str):
+        self.conv_bias = conv_bias
+        self.norm_eps = norm_eps
+        self.norm_affine = norm_affine
+        self.negative_slope = negative_slope
+        self.use_inception = use_inception
+        self.backend = backend
+
+    def _wrap(self, conv: nn.Module, channels: int, act: bool) -> ConvNormAct:
+        return ConvNormAct(conv, channels, self.norm_eps, self.norm_affine,
+                           self.negative_slope if act else None)
+
+    def dense(self, cin: int, cout: int, kernel, stride, act: bool = True) -> ConvNormAct:
+        kernel, stride = as_triple(kernel, "kernel_size"), as_triple(stride, "stride")
+        padding = tuple((k - 1) // 2 for k in kernel)
+        conv = nn.Conv3d(cin, cout, kernel, stride, padding, bias=self.conv_bias)
+        return self._wrap(conv, cout, act)
+
+    def inception(self, channels: int, act: bool = True) -> ConvNormAct:
+        return self._wrap(InceptionDWConv3d(channels, backend=self.backend), channels, act)
+
+    def cna(self, cin: int, cout: int, kernel, stride, act: bool = True) -> ConvNormAct:
+        if self.use_inception and cin == cout:
+            return self.inception(cin, act)
+        return self.dense(cin, cout, kernel, stride, act)
+
+    def idc_cna(self, cin: int, cout: int, stride, act: bool = True) -> ConvNormAct:
+        if self.use_inception and cin == cout and as_triple(stride) == (1, 1, 1):
+            return self.inception(cin, act)
+        return self.dense(cin, cout, 3, stride, act)
+
+
+class StackedConvs(nn.Module):
+    """``convs``: n ConvNormAct layers applied in order (nnU-Net's StackedConvBlocks)."""
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        super().__init__()
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+class ResidualBranch(nn.Module):
+    """LeakyReLU(convs(x) + shortcut(x)); convs = CNA(cin, b, k, stride) -> CNA(b, b, k, 1) without
+    activation, shortcut = CNA(cin, b, 1, stride) without activation (always present). When
+    cin == b every layer is an InceptionDWConv3d and the stride is ignored (released quirk), so
+    the branch stays at the input resolution."""
+
+    def __init__(self, layers: LayerFactory, cin: int, cout: int, kernel, stride):
+        super().__init__()
+        self.convs = nn.Sequential(layers.cna(cin, cout, kernel, stride),
+                                   layers.cna(cout, cout, kernel, 1, act=False))
+        self.shortcut = layers.cna(cin, cout, 1, stride, act=False)
+        self.act = nn.LeakyReLU(layers.negative_slope, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)  # the release runs the shortcut first
+        return self.act(self.convs(x) + shortcut)
+
+
+class DualBranchBlock(nn.Module):
+    """One encoder stage of the released network: (N, cin, D, H, W) -> (N, cout, D/s, H/s, W/s).
+
+    IDC branch IDC-CNA(cin, b, stride) -> IDC-CNA(b, b, 1) and a `ResidualBranch` (b = cout/2),
+    the residual output resized to the IDC branch's size (trilinear, align_corners=True) when
+    they differ, then ``fusion_conv`` = CNA(2b, cout, 1, 1) on cat(idc, residual)."""
+
+    def __init__(self, layers: LayerFactory, cin: int, cout: int, kernel, stride):
+        super().__init__()
+        if cout % 2:
+            raise ValueError(f"DualBranchUNet: stage features must be even (two branches of "
+                             f"features/2 channels), got {cout}")
+        half = cout // 2
+        self.idc_branch = StackedConvs([layers.idc_cna(cin, half, stride), layers.idc_cna(half, half, 1)])
+        self.residual_branch = ResidualBranch(layers, cin, half, kernel, stride)
+        self.fusion_conv = layers.cna(2 * half, cout, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idc = self.idc_branch(x)
+        residual = resize_to(self.residual_branch(x), idc.shape[2:])
+        return self.fusion_conv(torch.cat((idc, residual), dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """nnU-Net's decoder without deep supervision.
+
+    For each of the n-1 upper stages, bottom-up: ConvTranspose3d(below -> skip channels, kernel =
+    stride = that stage's stride), trilinear resize (align_corners=True) to the skip's size if they
+    differ, cat(upsampled, skip), ``n_conv`` CNA layers (2c -> c, then c -> c). Segmentation heads
+    (1x1x1 Conv3d with bias) exist for every decoder stage, as in the release, but only the last
+    one is applied: (N, F0, D, H, W) -> logits (N, num_classes, D, H, W).
+    """
+
+    def __init__(self, layers: LayerFactory, features: Sequence[int], strides: Sequence[Triple],
+                 kernel_sizes: Sequence[Triple], num_classes: int, n_conv: Sequence[int],
+                 transposed_bias: bool):
+        super().__init__()
+        n = len(features)
+        stages, transpconvs, seg_layers = [], [], []
+        for i in range(n - 1):
+            below, skip = features[n - 1 - i], features[n - 2 - i]
+            stride, kernel = strides[n - 1 - i], kernel_sizes[n - 2 - i]
+            transpconvs.append(nn.ConvTranspose3d(below, skip, stride, stride, bias=transposed_bias))
+            convs = [layers.cna(2 * skip, skip, kernel, 1)]
+            convs += [layers.cna(skip, skip, kernel, 1) for _ in range(n_conv[i] - 1)]
+            stages.append(StackedConvs(convs))
+            seg_layers.append(nn.Conv3d(skip, num_classes, 1, 1, 0, bias=True))
+        # Registration order = the released state-dict order: stages, transpconvs, seg_layers.
+        self.stages = nn.ModuleList(stages)
+        self.transpconvs = nn.ModuleList(transpconvs)
+        self.seg_layers = nn.ModuleList(seg_layers)
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = skips[-1]
+        for i, (up, stage) in enumerate(zip(self.transpconvs, self.stages)):
+            skip = skips[-(i + 2)]
+            x = resize_to(up(x), skip.shape[2:])
+            x = stage(torch.cat((x, skip), dim=1))
+        return self.seg_layers[-1](x)
+
+
+def count_modules(module: nn.Module, kind: type | tuple[type, ...]) -> int:
+    return sum(isinstance(m, kind) for m in module.modules())
+

@@ -1,0 +1,147 @@
+"""Reading nnU-Net v2 ``checkpoint_*.pth`` files safely and building the network they hold.
+
+An nnU-Net checkpoint is a dict (``network_weights``, ``optimizer_state``, ``grad_scaler_state``,
+``logging``, ``_best_ema``, ``current_epoch``, ``init_args``, ``trainer_name``,
+``inference_allowed_mirroring_axes``). Besides tensors and plain Python containers it holds numpy
+scalars and arrays (in ``logging`` and ``_best_ema``) and a ``torch.device`` (in ``init_args``).
+`read_nnunet_checkpoint` loads it with ``torch.load(weights_only=True)``, allow-listing exactly
+those types — never a full unpickler, which would run arbitrary code from the file.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .networks import DualBranchUNet, PlainConvUNet, SingleBranchUNet, _UNet
+from .released import strip_prefixes
+
+# numpy's array and scalar reconstructors moved from numpy.core to numpy._core in numpy 2; a file
+# names whichever module its writer had, so both names are allowed (they are the same functions).
+_np_core = getattr(np, "_core", None) or np.core
+_NUMPY_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                 np.uint64, np.float16, np.float32, np.float64)
+
+CHECKPOINT_SAFE_GLOBALS: list = [
+    *[(_np_core.multiarray._reconstruct, f"{m}.multiarray._reconstruct") for m in ("numpy.core", "numpy._core")],
+    *[(_np_core.multiarray.scalar, f"{m}.multiarray.scalar") for m in ("numpy.core", "numpy._core")],
+    np.ndarray,
+    np.dtype,
+    *[type(np.dtype(t)) for t in _NUMPY_DTYPES],  # numpy >= 1.25 pickles dtypes by their class
+    torch.device,
+]
+"""What ``torch.load(weights_only=True)`` may construct besides tensors and Python containers:
+numpy arrays and scalars of numeric dtypes, numpy dtypes, and torch.device (SPEC §3)."""
+
+
+def read_nnunet_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
+    """The checkpoint dict, read with ``weights_only=True`` and `CHECKPOINT_SAFE_GLOBALS` allowed.
+
+    A file holding anything else (a pickled class, a function) raises ``pickle.UnpicklingError``
+    naming the global it refused."""
+    with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ValueError(f"{os.fspath(path)} is not an nnU-Net checkpoint (a dict with 'network_weights'); "
+                         f"found {type(checkpoint).__name__}"
+                         + (f" with keys {sorted(checkpoint)[:10]}" if isinstance(checkpoint, dict) else ""))
+    return checkpoint
+
+
+def _normalized_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released keys without wrappers: prefixes stripped, ``decoder.encoder.`` copies and
+    ``all_modules`` aliases dropped, ``encoder.stages.<s>.0.`` -> ``encoder.stages.<s>.``."""
+    out = {}
+    for key, value in state_dict.items():
+        key = strip_prefixes(key)
+        if key.startswith("decoder.encoder.") or ".all_modules." in key:
+            continue
+        out[re.sub(r"^encoder\.stages\.(\d+)\.0\.", r"encoder.stages.\1.", key)] = value
+    return out
+
+
+def infer_network_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[type[_UNet], dict]:
+    """(network class, constructor kwargs) for a released-form state dict, read from its keys and
+    shapes: the class from the layer names (``idc_branch`` -> dual, InceptionDWConv3d layers ->
+    single, else plain); features and strides from the transposed convs (weight (below, skip,
+    *stride)), stage 0's stride being (1, 1, 1) as in every nnU-Net plan; input channels and
+    classes from the first and last layers; kernel sizes, conv counts, conv bias and affine norm
+    from the dense layers. Norm eps and LeakyReLU slope are not stored: nnU-Net's 1e-5 and 0.01."""
+    sd = _normalized_keys(state_dict)
+    keys = list(sd)
+    if any(".idc_branch." in k for k in keys):
+        cls = DualBranchUNet
+    elif any(".dwconv_hwd." in k for k in keys):
+        cls = SingleBranchUNet
+    else:
+        cls = PlainConvUNet
+    n_up = len({k.split(".")[2] for k in keys if k.startswith("decoder.transpconvs.")})
+    if n_up == 0:
+        raise ValueError("cannot infer the network: no decoder.transpconvs.* tensors in the state dict")
+    n = n_up + 1
+    features, strides = [0] * n, [(1, 1, 1)] * n
+    for i in range(n_up):
+        w = sd[f"decoder.transpconvs.{i}.weight"]
+        features[n - 1 - i], features[n - 2 - i] = int(w.shape[0]), int(w.shape[1])
+        strides[n - 1 - i] = tuple(int(s) for s in w.shape[2:])
+    num_classes = int(sd[f"decoder.seg_layers.{n_up - 1}.weight"].shape[0])
+
+    def first_layer_in(prefix: str, stem_channels: int) -> int:
+        dense = sd.get(f"{prefix}.conv.weight")
+        return int(dense.shape[1]) if dense is not None else stem_channels  # an IDC layer: in == out
+
+    if cls is DualBranchUNet:
+        input_channels = first_layer_in("encoder.input_conv", features[0] // 2)
+        dense_first = [f"encoder.stages.{s}.residual_branch.convs.0.conv.weight" for s in range(n)]
+    else:
+        input_channels = first_layer_in("encoder.stages.0.convs.0", features[0])
+        dense_first = [f"encoder.stages.{s}.convs.0.conv.weight" for s in range(n)]
+    kernel_sizes = [tuple(int(k) for k in sd[key].shape[2:]) if key in sd else (3, 3, 3) for key in dense_first]
+
+    def count_convs(prefix: str) -> int:
+        return len({m.group(1) for k in keys for m in [re.match(re.escape(prefix) + r"\.convs\.(\d+)\.", k)] if m})
+
+    kwargs: dict[str, Any] = dict(input_channels=input_channels, num_classes=num_classes,
+                                  features_per_stage=features, strides=strides, kernel_sizes=kernel_sizes,
+                                  n_conv_per_stage_decoder=[count_convs(f"decoder.stages.{i}") for i in range(n_up)],
+                                  conv_bias=f"decoder.transpconvs.0.bias" in sd,
+                                  norm_affine=any(".norm.weight" in k for k in keys))
+    if cls is not DualBranchUNet:
+        kwargs["n_conv_per_stage"] = [count_convs(f"encoder.stages.{s}") for s in range(n)]
+    return cls, kwargs
+
+
+def load_nnunet_checkpoint(path: str | os.PathLike, network: str | type[_UNet] = "auto",
+                           backend: str = "auto", map_location="cpu", **network_kwargs) -> _UNet:
+    """Builds the network an nnU-Net ``checkpoint_*.pth`` holds and loads its weights.
+
+    Args:
+        path: the checkpoint file (read safely, see `read_nnunet_checkpoint`).
+        network: "auto" (inferred from the weights, see `infer_network_from_state_dict`), "dual",
+            "single", "plain" or a network class.
+        backend: InceptionDWConv3d backend of the returned network.
+        network_kwargs: override inferred constructor arguments (e.g. ``norm_eps``).
+
+    Returns the network in eval mode on ``map_location``; ``model.checkpoint_info`` holds the
+    checkpoint's ``trainer_name``, ``current_epoch`` and ``inference_allowed_mirroring_axes``.
+    Raises `ReleasedStateDictError` naming every tensor that does not fit.
+    """
+    checkpoint = read_nnunet_checkpoint(path, map_location=map_location)
+    weights = checkpoint["network_weights"]
+    cls, kwargs = infer_network_from_state_dict(weights)
+    if network != "auto":
+        named = {"dual": DualBranchUNet, "single": SingleBranchUNet, "plain": PlainConvUNet}
+        cls = named[network] if isinstance(network, str) else network
+    kwargs.update(network_kwargs)
+    if cls is DualBranchUNet:
+        kwargs.pop("n_conv_per_stage", None)
+    model = cls(backend=backend, **kwargs)
+    model.load_released_state_dict(weights)
+    if map_location is not None:
+        model.to(map_location)
+    model.checkpoint_info = {k: checkpoint.get(k) for k in
+                             ("trainer_name", "current_epoch", "inference_allowed_mirroring_axes")}
+    return model.eval()
