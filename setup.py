@@ -65,13 +65,17 @@ class CMakeBuild(build_ext):
 
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Editable/in-place installs load the library from the source tree: let CMake's post-build
+        # step write it there, so a plain `cmake --build build/cmake` also updates what Python loads.
+        in_tree = self.inplace or getattr(self, "editable_mode", False)
+        output = ROOT / "fusionseg_kernels" / target.name if in_tree else target
         build_dir = Path(os.environ.get("FUSIONSEG_BUILD_DIR", ROOT / "build" / "cmake"))
         build_dir.mkdir(parents=True, exist_ok=True)
 
         want_cuda = os.environ.get("FUSIONSEG_WITH_CUDA", "auto").lower()
         args = [
             f"-DPython3_EXECUTABLE={sys.executable}",
-            f"-DFUSIONSEG_LIBRARY_OUTPUT={target}",
+            f"-DFUSIONSEG_LIBRARY_OUTPUT={output}",
             f"-DFUSIONSEG_CUDA_ARCH={os.environ.get('FUSIONSEG_CUDA_ARCH', '8.0;8.6;8.9;9.0')}",
             f"-DFUSIONSEG_BUILD_EXAMPLES={os.environ.get('FUSIONSEG_BUILD_EXAMPLES', 'ON')}",
             "-DCMAKE_BUILD_TYPE=Release",
@@ -93,6 +97,8 @@ class CMakeBuild(build_ext):
         subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args])
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", "--build", str(build_dir), "-j", jobs])
+        if output != target:
+            shutil.copy2(output, target)
 
 
 setup(

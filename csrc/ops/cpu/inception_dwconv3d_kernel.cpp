@@ -22,11 +22,13 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
 #define FUSIONSEG_MULTIVERSION \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "avx2", "default")))
 #else
 #define FUSIONSEG_MULTIVERSION
 #endif
 #define FUSIONSEG_INLINE inline __attribute__((always_inline))
+// Lambdas in the hot path must be inlined into the multiversioned callers too.
+#define FUSIONSEG_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace fusionseg {
 namespace {
@@ -54,68 +56,178 @@ inline TaskIndex task_of(int64_t t, int64_t C, int64_t D) {
 }
 
 // ---------------------------------------------------------------- row primitives
-// o[w] += sum_t k[t] * row[w + t - kw/2], zero outside [0, W).
-template <typename T, int KW>
-FUSIONSEG_INLINE void row_taps(T* __restrict o, const T* __restrict row, const T* __restrict k,
-                               int64_t W, int64_t kw_runtime) {
+// 32-byte vectors (GCC vector extensions): AVX2 registers in the haswell and skylake-avx512
+// clones, two SSE registers in the baseline clone.
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int width = 8;
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int width = 4;
+};
+
+template <typename T>
+FUSIONSEG_INLINE typename Vec<T>::type vload(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+FUSIONSEG_INLINE void vstore(T* p, typename Vec<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+FUSIONSEG_INLINE typename Vec<T>::type vsplat(T s) {
+  typename Vec<T>::type v;  // a broadcast (not 0 + s, which IEEE rules keep as a scalar add)
+  for (int i = 0; i < Vec<T>::width; ++i) v[i] = s;
+  return v;
+}
+template <typename T>
+FUSIONSEG_INLINE T vsum(typename Vec<T>::type v) {
+  T s = 0;
+  for (int i = 0; i < Vec<T>::width; ++i) s += v[i];
+  return s;
+}
+
+// NV consecutive vectors of output: out[v*N + l] = bias + sum_r sum_t ks[r][t] * rows[r][off + v*N + l + t],
+// accumulated in registers over all taps.
+template <typename T, int KW, int NV>
+FUSIONSEG_INLINE void conv_block(T* __restrict out, const T* const* rows, const T* const* ks, int64_t nr,
+                                 int64_t kw_runtime, int64_t off, T bias) {
+  using VT = typename Vec<T>::type;
+  constexpr int N = Vec<T>::width;
+  const int64_t kw = KW > 0 ? KW : kw_runtime;
+  VT a[NV];
+  for (int v = 0; v < NV; ++v) a[v] = vsplat(bias);
+  for (int64_t r = 0; r < nr; ++r) {
+    const T* p = rows[r] + off;
+    const T* k = ks[r];
+#pragma GCC unroll 11
+    for (int64_t t = 0; t < kw; ++t) {
+      const VT c = vsplat(k[t]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) a[v] += c * vload(p + t + v * N);
+    }
+  }
+  for (int v = 0; v < NV; ++v) vstore(out + v * N, a[v]);
+}
+
+// One output row segment of a depthwise conv:
+//   out[w] = bias + sum_r sum_t ks[r][t] * rows[r][w + t - kw/2]   for w in [0, len)
+// With PADDED the rows carry kw/2 readable zeros on each side (no bounds checks); otherwise
+// columns whose taps leave [0, len) are computed with bounds checks (zero padding). The
+// interior keeps four vector accumulators in registers across all nr * kw taps: one load and
+// one FMA per tap, one store per output.
+template <typename T, int KW, bool PADDED>
+FUSIONSEG_INLINE void conv_row(T* __restrict out, const T* const* rows, const T* const* ks, int64_t nr,
+                               int64_t len, int64_t kw_runtime, T bias) {
+  using VT = typename Vec<T>::type;
+  constexpr int N = Vec<T>::width;
   const int64_t kw = KW > 0 ? KW : kw_runtime;
   const int64_t pw = kw / 2;
-  const int64_t lo = std::min(pw, W);
-  const int64_t hi = std::max(W - pw, lo);
-  for (int64_t w = 0; w < lo; ++w) {  // left edge, bounds-checked
-    T acc = o[w];
-    for (int64_t t = 0; t < kw; ++t) {
-      const int64_t i = w + t - pw;
-      if (i >= 0 && i < W) acc += k[t] * row[i];
-    }
-    o[w] = acc;
+  const int64_t lo = PADDED ? 0 : std::min(pw, len);
+  const int64_t hi = PADDED ? len : std::max(len - pw, lo);
+  if (!PADDED) {
+    auto edge = [&](int64_t w) FUSIONSEG_INLINE_LAMBDA {
+      T acc = bias;
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t t = 0; t < kw; ++t) {
+          const int64_t i = w + t - pw;
+          if (i >= 0 && i < len) acc += ks[r][t] * rows[r][i];
+        }
+      out[w] = acc;
+    };
+    for (int64_t w = 0; w < lo; ++w) edge(w);
+    for (int64_t w = hi; w < len; ++w) edge(w);
   }
-  if (KW > 0) {  // interior: taps unrolled, vectorized along W
-    for (int64_t w = lo; w < hi; ++w) {
-      T acc = o[w];
-#pragma GCC unroll 16
-      for (int t = 0; t < (KW > 0 ? KW : 1); ++t) acc += k[t] * row[w + t - pw];
-      o[w] = acc;
-    }
-  } else {  // generic kernel width: one vectorized axpy per tap
-    for (int64_t t = 0; t < kw; ++t) {
-      const T c = k[t];
-      const T* __restrict r = row + t - pw;
-      for (int64_t w = lo; w < hi; ++w) o[w] += c * r[w];
-    }
+  int64_t w = lo;
+  for (; w + 4 * N <= hi; w += 4 * N) conv_block<T, KW, 4>(out + w, rows, ks, nr, kw, w - pw, bias);
+  if (w + 2 * N <= hi) {
+    conv_block<T, KW, 2>(out + w, rows, ks, nr, kw, w - pw, bias);
+    w += 2 * N;
   }
-  for (int64_t w = hi; w < W; ++w) {  // right edge
-    T acc = o[w];
-    for (int64_t t = 0; t < kw; ++t) {
-      const int64_t i = w + t - pw;
-      if (i >= 0 && i < W) acc += k[t] * row[i];
-    }
-    o[w] = acc;
+  if (w + N <= hi) {
+    conv_block<T, KW, 1>(out + w, rows, ks, nr, kw, w - pw, bias);
+    w += N;
+  }
+  for (; w < hi; ++w) {
+    T acc = bias;
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t t = 0; t < kw; ++t) acc += ks[r][t] * rows[r][w + t - pw];
+    out[w] = acc;
   }
 }
 
-// acc[t] += sum_w dy[w] * row[w + t - kw/2] over the w where the index is inside [0, W).
-template <typename T>
-FUSIONSEG_INLINE void row_tap_dots(const T* __restrict dy, const T* __restrict row, int64_t W,
-                                   int64_t kw, double* __restrict acc) {
+// Weight gradient of one output row segment:
+//   parts[r][t] += sum_w dy[w] * rows[r][w + t - kw/2]  over w in [0, len)
+// (PADDED rows as in conv_row; otherwise only indices inside [0, len) count). All kw tap sums of
+// a row are accumulated together, loading dy once per vector.
+template <typename T, int KW, bool PADDED>
+FUSIONSEG_INLINE void weight_grad_row(const T* __restrict dy, const T* const* rows, double* const* parts,
+                                      int64_t nr, int64_t len, int64_t kw_runtime) {
+  using VT = typename Vec<T>::type;
+  constexpr int N = Vec<T>::width;
+  constexpr int KA = KW > 0 ? KW : 1;  // accumulator count when kw is static
+  const int64_t kw = KW > 0 ? KW : kw_runtime;
   const int64_t pw = kw / 2;
-  for (int64_t t = 0; t < kw; ++t) {
-    const int64_t s = t - pw;
-    const int64_t lo = std::max<int64_t>(0, -s);
-    const int64_t hi = std::min<int64_t>(W, W - s);
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t w = lo; w < hi; ++w) sum += dy[w] * row[w + s];
-    acc[t] += static_cast<double>(sum);
+  const int64_t lo = PADDED ? 0 : std::min(pw, len);
+  const int64_t hi = PADDED ? len : std::max(len - pw, lo);
+  for (int64_t r = 0; r < nr; ++r) {
+    const T* row = rows[r];
+    double* part = parts[r];
+    if (!PADDED) {
+      for (int64_t e = 0; e < 2; ++e) {
+        const int64_t b = e == 0 ? 0 : hi, end = e == 0 ? lo : len;
+        for (int64_t w = b; w < end; ++w)
+          for (int64_t t = 0; t < kw; ++t) {
+            const int64_t i = w + t - pw;
+            if (i >= 0 && i < len) part[t] += static_cast<double>(dy[w]) * row[i];
+          }
+      }
+    }
+    if (KW > 0) {
+      VT acc[KA];
+      for (int t = 0; t < KA; ++t) acc[t] = vsplat(T(0));
+      int64_t w = lo;
+      for (; w + N <= hi; w += N) {
+        const VT d = vload(dy + w);
+        const T* p = row + w - pw;
+#pragma GCC unroll 11
+        for (int t = 0; t < KA; ++t) acc[t] += d * vload(p + t);
+      }
+      T tail[KA] = {};
+      for (; w < hi; ++w)
+        for (int t = 0; t < KA; ++t) tail[t] += dy[w] * row[w + t - pw];
+      for (int t = 0; t < KA; ++t) part[t] += static_cast<double>(vsum<T>(acc[t]) + tail[t]);
+    } else {
+      for (int64_t t = 0; t < kw; ++t) {
+        VT acc = vsplat(T(0));
+        int64_t w = lo;
+        const T* p = row + t - pw;
+        for (; w + N <= hi; w += N) acc += vload(dy + w) * vload(p + w);
+        T sum = vsum<T>(acc);
+        for (; w < hi; ++w) sum += dy[w] * p[w];
+        part[t] += static_cast<double>(sum);
+      }
+    }
   }
 }
 
 template <typename T>
 FUSIONSEG_INLINE double plane_sum(const T* __restrict p, int64_t n) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += p[i];
-  return static_cast<double>(sum);
+  using VT = typename Vec<T>::type;
+  constexpr int N = Vec<T>::width;
+  VT acc = vsplat(T(0));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) acc += vload(p + i);
+  double s = vsum<T>(acc);
+  for (; i < n; ++i) s += p[i];
+  return s;
 }
 
 // ---------------------------------------------------------------- plane kernels
@@ -124,96 +236,230 @@ struct PlaneGeometry {
   int64_t kd, kh, kw;
 };
 
-// out[h][w] = bias + sum_{i,j,t} k[i][j][t] * vol[d+i-pd][h+j-ph][w+t-pw] (zero padding).
+// Zero-padded copies of input planes ((H + 2ph) x (W + 2pw)) for groups whose kernel has a W
+// extent: with them every output row is computed without bounds checks, which matters for the
+// network's narrow volumes (W = 8..32). A ring of kd slots, so consecutive output planes of a
+// channel pad each input plane once. Tags are reset at the start of every task chunk (the
+// source memory may be reused by later tensors).
+template <typename T>
+struct PaddedPlanes {
+  std::vector<T> buf;
+  std::vector<const T*> tag;
+  int64_t slots = 0, H = 0, W = 0, ph = 0, pw = 0, Wp = 0, stride = 0;
+
+  void configure(const PlaneGeometry& g) {
+    const int64_t nph = g.kh / 2, npw = g.kw / 2;
+    if (slots != g.kd || H != g.H || W != g.W || ph != nph || pw != npw) {
+      slots = g.kd, H = g.H, W = g.W, ph = nph, pw = npw;
+      Wp = W + 2 * pw;
+      stride = (H + 2 * ph) * Wp + 2 * pw;  // slack: vector tails may read a few zeros past
+      buf.assign(static_cast<size_t>(slots * stride), T(0));
+      tag.assign(static_cast<size_t>(slots), nullptr);
+    }
+  }
+  void invalidate() { std::fill(tag.begin(), tag.end(), nullptr); }
+
+  // Padded plane di of vol; element (h, w) of the source is at [(h + ph) * Wp + w + pw].
+  const T* get(const T* vol, int64_t di) {
+    const T* src = vol + di * H * W;
+    const int64_t slot = di % slots;
+    T* dst = buf.data() + slot * stride;
+    if (tag[slot] != src) {
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(dst + (h + ph) * Wp + pw, src + h * W, sizeof(T) * W);
+      tag[slot] = src;
+    }
+    return dst;
+  }
+};
+
+template <typename T>
+struct Workspace {
+  std::vector<const T*> rows, ks;
+  std::vector<double*> parts;
+  PaddedPlanes<T> pad_a, pad_b;  // forward/dx input; weight-gradient x
+
+  void reserve(int64_t n) {
+    if (static_cast<int64_t>(rows.size()) < n) {
+      rows.resize(n);
+      ks.resize(n);
+      parts.resize(n);
+    }
+  }
+  void invalidate() {
+    pad_a.invalidate();
+    pad_b.invalidate();
+  }
+};
+
+// kw == 1 (D band, H band, b x b x 1 planes): a plane is one flat array and each (i, j) tap is
+// a shift by whole rows/planes, so rows [ph, H - ph) form one long segment with every tap;
+// only the ph edge rows at the top and bottom get a reduced tap set.
+// fn(out_offset, len, nr) is called with ws.rows/ks/parts filled for the segment.
+template <typename T, typename Fn>
+FUSIONSEG_INLINE void for_each_flat_segment(const T* vol, const PlaneGeometry& g, int64_t d,
+                                            const T* k, double* partial, Workspace<T>& ws, Fn&& fn) {
+  const int64_t HW = g.H * g.W, pd = g.kd / 2, ph = g.kh / 2;
+  ws.reserve(g.kd * g.kh);
+  const int64_t h0 = std::min(ph, g.H), h1 = std::max(g.H - ph, h0);
+  auto gather = [&](int64_t hb, int64_t he) FUSIONSEG_INLINE_LAMBDA {  // rows [hb, he): taps valid for all of them
+    int64_t nr = 0;
+    for (int64_t i = 0; i < g.kd; ++i) {
+      const int64_t di = d + i - pd;
+      if (di < 0 || di >= g.D) continue;
+      for (int64_t j = 0; j < g.kh; ++j) {
+        const int64_t s = j - ph;
+        if (hb + s < 0 || he - 1 + s >= g.H) continue;
+        ws.rows[nr] = vol + di * HW + (hb + s) * g.W;
+        if (k) ws.ks[nr] = k + i * g.kh + j;
+        if (partial) ws.parts[nr] = partial + i * g.kh + j;
+        ++nr;
+      }
+    }
+    fn(hb * g.W, (he - hb) * g.W, nr);
+  };
+  if (h1 > h0) gather(h0, h1);
+  for (int64_t h = 0; h < h0; ++h) gather(h, h + 1);
+  for (int64_t h = h1; h < g.H; ++h) gather(h, h + 1);
+}
+
+// kw > 1 (cube, W band, 1 x b x b and b x 1 x b planes): rows of zero-padded planes.
+// fn(h, nr) is called per output row with ws.rows (pointing at padded column 0 + pw, so that
+// conv_row's rows[r][w + t - pw] is the padded element), ks and parts filled.
+template <typename T, typename Fn>
+FUSIONSEG_INLINE void for_each_padded_row(const T* vol, const PlaneGeometry& g, int64_t d,
+                                          const T* k, double* partial, PaddedPlanes<T>& pad,
+                                          Workspace<T>& ws, Fn&& fn) {
+  const int64_t pd = g.kd / 2;
+  pad.configure(g);
+  ws.reserve(g.kd * g.kh);
+  const T* planes[64];
+  std::vector<const T*> many;
+  const T** pl = planes;
+  if (g.kd > 64) {
+    many.resize(g.kd);
+    pl = many.data();
+  }
+  int64_t first = -1;
+  int64_t ni = 0;
+  for (int64_t i = 0; i < g.kd; ++i) {
+    const int64_t di = d + i - pd;
+    if (di < 0 || di >= g.D) continue;
+    if (first < 0) first = i;
+    pl[ni++] = pad.get(vol, di);
+  }
+  for (int64_t h = 0; h < g.H; ++h) {
+    int64_t nr = 0;
+    for (int64_t ii = 0; ii < ni; ++ii) {
+      const int64_t i = first + ii;
+      for (int64_t j = 0; j < g.kh; ++j) {
+        // padded row h + j holds source row h + j - ph (zeros outside)
+        ws.rows[nr] = pl[ii] + (h + j) * pad.Wp + pad.pw;
+        if (k) ws.ks[nr] = k + (i * g.kh + j) * g.kw;
+        if (partial) ws.parts[nr] = partial + (i * g.kh + j) * g.kw;
+        ++nr;
+      }
+    }
+    fn(h, nr);
+  }
+}
+
+// out plane d = bias + conv(vol) (zero padding).
 template <typename T, int KW>
-FUSIONSEG_INLINE void conv_plane_impl(const T* __restrict vol, T* __restrict out,
-                                      const PlaneGeometry& g, int64_t d, const T* __restrict k,
-                                      T bias) {
-  const int64_t HW = g.H * g.W, pd = g.kd / 2, ph = g.kh / 2;
-  for (int64_t h = 0; h < g.H; ++h) {
-    T* __restrict o = out + h * g.W;
-    for (int64_t w = 0; w < g.W; ++w) o[w] = bias;
-    for (int64_t i = 0; i < g.kd; ++i) {
-      const int64_t di = d + i - pd;
-      if (di < 0 || di >= g.D) continue;
-      for (int64_t j = 0; j < g.kh; ++j) {
-        const int64_t hj = h + j - ph;
-        if (hj < 0 || hj >= g.H) continue;
-        row_taps<T, KW>(o, vol + di * HW + hj * g.W, k + (i * g.kh + j) * g.kw, g.W, g.kw);
-      }
-    }
+FUSIONSEG_INLINE void conv_plane_kw(const T* vol, T* out, const PlaneGeometry& g, int64_t d,
+                                    const T* k, T bias, Workspace<T>& ws) {
+  if (g.kw == 1) {
+    for_each_flat_segment<T>(vol, g, d, k, nullptr, ws, [&](int64_t off, int64_t len, int64_t nr) FUSIONSEG_INLINE_LAMBDA {
+      conv_row<T, 1, true>(out + off, ws.rows.data(), ws.ks.data(), nr, len, 1, bias);
+    });
+  } else {
+    for_each_padded_row<T>(vol, g, d, k, nullptr, ws.pad_a, ws, [&](int64_t h, int64_t nr) FUSIONSEG_INLINE_LAMBDA {
+      conv_row<T, KW, true>(out + h * g.W, ws.rows.data(), ws.ks.data(), nr, g.W, g.kw, bias);
+    });
   }
 }
 
+// partial[tap] += sum over output plane d of dy * (x at the tap's offset); partial[kvol] += sum dy.
+template <typename T, int KW>
+FUSIONSEG_INLINE void weight_grad_plane_kw(const T* dy_vol, const T* x_vol, const PlaneGeometry& g,
+                                           int64_t d, double* partial, Workspace<T>& ws) {
+  const int64_t HW = g.H * g.W;
+  const T* dy = dy_vol + d * HW;
+  if (g.kw == 1) {
+    for_each_flat_segment<T>(x_vol, g, d, nullptr, partial, ws, [&](int64_t off, int64_t len, int64_t nr) FUSIONSEG_INLINE_LAMBDA {
+      weight_grad_row<T, 1, true>(dy + off, ws.rows.data(), ws.parts.data(), nr, len, 1);
+    });
+  } else {
+    for_each_padded_row<T>(x_vol, g, d, nullptr, partial, ws.pad_b, ws, [&](int64_t h, int64_t nr) FUSIONSEG_INLINE_LAMBDA {
+      weight_grad_row<T, KW, true>(dy + h * g.W, ws.rows.data(), ws.parts.data(), nr, g.W, g.kw);
+    });
+  }
+  partial[g.kd * g.kh * g.kw] += plane_sum(dy, HW);
+}
+
 template <typename T>
-FUSIONSEG_INLINE void conv_plane_dispatch(const T* vol, T* out, const PlaneGeometry& g, int64_t d,
-                                          const T* k, T bias) {
+FUSIONSEG_INLINE void conv_plane_impl(const T* vol, T* out, const PlaneGeometry& g, int64_t d,
+                                      const T* k, T bias, Workspace<T>& ws) {
   switch (g.kw) {
-    case 1: conv_plane_impl<T, 1>(vol, out, g, d, k, bias); break;
-    case 3: conv_plane_impl<T, 3>(vol, out, g, d, k, bias); break;
-    case 11: conv_plane_impl<T, 11>(vol, out, g, d, k, bias); break;
-    default: conv_plane_impl<T, 0>(vol, out, g, d, k, bias); break;
+    case 3: conv_plane_kw<T, 3>(vol, out, g, d, k, bias, ws); break;
+    case 11: conv_plane_kw<T, 11>(vol, out, g, d, k, bias, ws); break;
+    default: conv_plane_kw<T, 0>(vol, out, g, d, k, bias, ws); break;  // incl. kw == 1
   }
 }
 
-// partial[tap] += sum over plane d of dy * shifted x; partial[kvol] += sum of dy.
 template <typename T>
-FUSIONSEG_INLINE void weight_grad_plane_impl(const T* __restrict dy_vol, const T* __restrict x_vol,
-                                             const PlaneGeometry& g, int64_t d,
-                                             double* __restrict partial) {
-  const int64_t HW = g.H * g.W, pd = g.kd / 2, ph = g.kh / 2;
-  const T* dy_plane = dy_vol + d * HW;
-  for (int64_t h = 0; h < g.H; ++h) {
-    const T* dy_row = dy_plane + h * g.W;
-    for (int64_t i = 0; i < g.kd; ++i) {
-      const int64_t di = d + i - pd;
-      if (di < 0 || di >= g.D) continue;
-      for (int64_t j = 0; j < g.kh; ++j) {
-        const int64_t hj = h + j - ph;
-        if (hj < 0 || hj >= g.H) continue;
-        row_tap_dots<T>(dy_row, x_vol + di * HW + hj * g.W, g.W, g.kw,
-                        partial + (i * g.kh + j) * g.kw);
-      }
-    }
+FUSIONSEG_INLINE void weight_grad_plane_impl(const T* dy, const T* x, const PlaneGeometry& g,
+                                             int64_t d, double* partial, Workspace<T>& ws) {
+  switch (g.kw) {
+    case 3: weight_grad_plane_kw<T, 3>(dy, x, g, d, partial, ws); break;
+    case 11: weight_grad_plane_kw<T, 11>(dy, x, g, d, partial, ws); break;
+    default: weight_grad_plane_kw<T, 0>(dy, x, g, d, partial, ws); break;
   }
-  partial[g.kd * g.kh * g.kw] += plane_sum(dy_plane, HW);
 }
 
 // Non-template entry points, one per dtype, each compiled for several instruction sets.
 FUSIONSEG_MULTIVERSION void conv_plane_f32(const float* vol, float* out, const PlaneGeometry& g,
-                                           int64_t d, const float* k, float bias) {
-  conv_plane_dispatch<float>(vol, out, g, d, k, bias);
+                                           int64_t d, const float* k, float bias,
+                                           Workspace<float>& ws) {
+  conv_plane_impl<float>(vol, out, g, d, k, bias, ws);
 }
 FUSIONSEG_MULTIVERSION void conv_plane_f64(const double* vol, double* out, const PlaneGeometry& g,
-                                           int64_t d, const double* k, double bias) {
-  conv_plane_dispatch<double>(vol, out, g, d, k, bias);
+                                           int64_t d, const double* k, double bias,
+                                           Workspace<double>& ws) {
+  conv_plane_impl<double>(vol, out, g, d, k, bias, ws);
 }
 FUSIONSEG_MULTIVERSION void weight_grad_plane_f32(const float* dy, const float* x,
                                                   const PlaneGeometry& g, int64_t d,
-                                                  double* partial) {
-  weight_grad_plane_impl<float>(dy, x, g, d, partial);
+                                                  double* partial, Workspace<float>& ws) {
+  weight_grad_plane_impl<float>(dy, x, g, d, partial, ws);
 }
 FUSIONSEG_MULTIVERSION void weight_grad_plane_f64(const double* dy, const double* x,
                                                   const PlaneGeometry& g, int64_t d,
-                                                  double* partial) {
-  weight_grad_plane_impl<double>(dy, x, g, d, partial);
+                                                  double* partial, Workspace<double>& ws) {
+  weight_grad_plane_impl<double>(dy, x, g, d, partial, ws);
 }
 
 inline void conv_plane(const float* v, float* o, const PlaneGeometry& g, int64_t d, const float* k,
-                       float b) {
-  conv_plane_f32(v, o, g, d, k, b);
+                       float b, Workspace<float>& ws) {
+  conv_plane_f32(v, o, g, d, k, b, ws);
 }
 inline void conv_plane(const double* v, double* o, const PlaneGeometry& g, int64_t d,
-                       const double* k, double b) {
-  conv_plane_f64(v, o, g, d, k, b);
+                       const double* k, double b, Workspace<double>& ws) {
+  conv_plane_f64(v, o, g, d, k, b, ws);
 }
 inline void weight_grad_plane(const float* dy, const float* x, const PlaneGeometry& g, int64_t d,
-                              double* p) {
-  weight_grad_plane_f32(dy, x, g, d, p);
+                              double* p, Workspace<float>& ws) {
+  weight_grad_plane_f32(dy, x, g, d, p, ws);
 }
 inline void weight_grad_plane(const double* dy, const double* x, const PlaneGeometry& g, int64_t d,
-                              double* p) {
-  weight_grad_plane_f64(dy, x, g, d, p);
+                              double* p, Workspace<double>& ws) {
+  weight_grad_plane_f64(dy, x, g, d, p, ws);
+}
+
+template <typename T>
+Workspace<T>& thread_workspace() {
+  thread_local Workspace<T> ws;
+  return ws;
 }
 
 // ---------------------------------------------------------------- weights, packed per group
@@ -263,6 +509,8 @@ void conv_all_planes(const T* x, T* y, const IdcConfig& cfg, const PackedWeights
                      int64_t N, int64_t D, int64_t H, int64_t W) {
   const int64_t C = cfg.channels, HW = H * W, DHW = D * HW;
   at::parallel_for(0, N * C * D, grain_for(HW), [&](int64_t begin, int64_t end) {
+    Workspace<T>& ws = thread_workspace<T>();
+    ws.invalidate();
     for (int64_t t = begin; t < end; ++t) {
       const TaskIndex ti = task_of(t, C, D);
       const T* vol = x + (ti.n * C + ti.c) * DHW;
@@ -275,7 +523,7 @@ void conv_all_planes(const T* x, T* y, const IdcConfig& cfg, const PackedWeights
       const int64_t j = ti.c - cfg.identity - g * cfg.gc;
       const int64_t kvol = cfg.kernel_volume(g);
       conv_plane(vol, out, geometry_of(cfg, g, D, H, W), ti.d, pw.k[g].data() + j * kvol,
-                 pw.bias[g][j]);
+                 pw.bias[g][j], ws);
     }
   });
 }
@@ -292,8 +540,7 @@ at::ScalarType compute_dtype(at::ScalarType t) {
 
 // Returns out laid out like `like` (empty_like's rule), from the contiguous result.
 at::Tensor match_layout(const at::Tensor& contiguous_result, const at::Tensor& like) {
-  if (contiguous_result.scalar_type() == like.scalar_type() &&
-      contiguous_result.strides() == at::empty_like(like, at::MemoryFormat::Preserve).strides())
+  if (contiguous_result.scalar_type() == like.scalar_type() && like.is_contiguous())
     return contiguous_result;
   at::Tensor out = at::empty_like(like);
   out.copy_(contiguous_result);
@@ -358,6 +605,8 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& cu
       const scalar_t* xp = xc.data_ptr<scalar_t>();
       scalar_t* dx = gx.data_ptr<scalar_t>();
       at::parallel_for(0, N * C * D, grain_for(HW), [&](int64_t begin, int64_t end) {
+        Workspace<scalar_t>& ws = thread_workspace<scalar_t>();
+        ws.invalidate();
         for (int64_t t = begin; t < end; ++t) {
           const TaskIndex ti = task_of(t, C, D);
           const int64_t base = (ti.n * C + ti.c) * DHW;
@@ -370,10 +619,10 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& cu
           const int64_t kvol = cfg.kernel_volume(g);
           const PlaneGeometry geo = geometry_of(cfg, g, D, H, W);
           conv_plane(dy + base, dx + base + ti.d * HW, geo, ti.d, flipped.k[g].data() + j * kvol,
-                     scalar_t(0));
+                     scalar_t(0), ws);
           double* partial =
               partials.data() + ((ti.n * conv_channels + (ti.c - cfg.identity)) * D + ti.d) * stride;
-          weight_grad_plane(dy + base, xp + base, geo, ti.d, partial);
+          weight_grad_plane(dy + base, xp + base, geo, ti.d, partial, ws);
         }
       });
     });
