@@ -1,0 +1,529 @@
+"""Triton backend of inception_dwconv3d: fused forward and backward kernels (SPEC §2, issue 3).
+
+Op pair (``torch.library.triton_op``, so torch.compile sees the kernels):
+    fusionseg::triton_inception_dwconv3d_forward(x, cube_weight, cube_bias, w_weight, w_bias,
+                                                 h_weight, h_bias, d_weight, d_bias) -> y
+    fusionseg::triton_inception_dwconv3d_backward(grad_y, x, cube_weight, w_weight, h_weight,
+                                                  d_weight) -> (grad_x, 4 weight grads, 4 bias grads)
+with fake kernels, autograd, FLOP formulas and an AutocastCUDA rule (the op runs in the autocast
+dtype, like the C++ op pair).
+
+Kernels (design notes in docs/triton.md):
+- one launch per pass; program = (n, c, spatial tile of BLOCK_D x BLOCK_H x BLOCK_W). The channel
+  decides the work: identity channels copy their tile, conv channels run their group's taps
+  (kernel sizes are constexprs, so each group's loops unroll). No split, no cat, no intermediate.
+- backward: one pass on dy. dx = the conv with the flipped kernel (identity: dx = dy); in the same
+  pass each program writes fp32 partial sums of dW (one per tap) and db for its tile; a fixed-order
+  torch.sum over tiles and batch finishes them. No float atomics, so results are deterministic.
+- any strides (contiguous, channels_last_3d, sliced views): the kernels take x's and y's strides,
+  and y is allocated like x (torch.empty_like), so no .contiguous() copy is made.
+- 64-bit offsets when the largest element offset could reach 2**31.
+- autotuned over a few tile shapes keyed on (C, D, H, W, dtype); with TRITON_INTERPRET=1 a single
+  fixed config (the interpreter cannot autotune). The variable is read when this module is
+  imported: set it before importing fusionseg_kernels.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+import triton
+import triton.language as tl
+
+from .cpp_op import _conv_flops
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+FORWARD_OP = "fusionseg::triton_inception_dwconv3d_forward"
+BACKWARD_OP = "fusionseg::triton_inception_dwconv3d_backward"
+_INT32_LIMIT = 2**31 - 1
+# Allocator of y and grad_x. Tests replace it by a NaN-filling one to catch unwritten elements.
+_empty_like = torch.empty_like
+
+# Tiles (BLOCK_C channels of one group) x (BLOCK_D, BLOCK_H, BLOCK_W) voxels for sm_80..sm_90,
+# 2048-4096 elements per program. W is the contiguous axis: a tile row of 32-128 elements is
+# 64-512 bytes per load; the halo of the 11-long bands is re-read from L1/L2, not from DRAM.
+# Channel blocks serve the deep layers whose volumes are smaller than one tile.
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 8, "BLOCK_W": 128}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=8),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 8, "BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
+    triton.Config({"BLOCK_C": 4, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
+    triton.Config({"BLOCK_C": 8, "BLOCK_D": 4, "BLOCK_H": 4, "BLOCK_W": 16}, num_warps=4),
+]
+# Interpreter: one config with large blocks, so the small test shapes take few programs (each
+# Triton operation costs the interpreter about a millisecond, whatever the block size).
+_INTERPRETER_CONFIGS = [
+    triton.Config({"BLOCK_C": 4, "BLOCK_D": 8, "BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4)]
+CONFIGS = _INTERPRETER_CONFIGS if INTERPRET else _GPU_CONFIGS
+AUTOTUNE_KEY = ["C", "D", "H", "W"]  # Triton's autotuner adds the tensor arguments' dtypes
+
+
+def available() -> tuple[bool, str]:
+    """(usable, why not): triton imports; it runs on CUDA tensors or, with TRITON_INTERPRET=1, on CPU."""
+    if INTERPRET or torch.cuda.is_available():
+        return True, ""
+    return False, ("the triton backend needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
+                   "importing fusionseg_kernels, to run it on CPU tensors through the interpreter)")
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _program_coords(pid, D, H, W, IDENT, GC, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INT64: tl.constexpr):
+    """Program pid -> its tile of (n, channel block, d, h, w).
+
+    Channel blocks never straddle groups: ceil(IDENT / BLOCK_C) identity blocks, then
+    ceil(GC / BLOCK_C) blocks per conv group. Programs of one (n, channel block) are adjacent, so
+    neighbouring tiles (whose halos overlap) run close together in time and share L2.
+    Returns (tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w) where ch is the
+    channel index within the group (identity: within the identity part), shaped [BC, 1, 1, 1],
+    and offs_* are [1, BD, 1, 1], [1, 1, BH, 1], [1, 1, 1, BW]."""
+    tiles_w = tl.cdiv(W, BLOCK_W)
+    tiles_h = tl.cdiv(H, BLOCK_H)
+    n_tiles = tl.cdiv(D, BLOCK_D) * tiles_h * tiles_w
+    blocks_id = tl.cdiv(IDENT, BLOCK_C)
+    blocks_g = tl.cdiv(GC, BLOCK_C)
+    blocks = blocks_id + 4 * blocks_g
+    tile = pid % n_tiles
+    rest = pid // n_tiles
+    cb = rest % blocks
+    n = rest // blocks
+    is_identity = cb < blocks_id
+    j = tl.where(is_identity, 0, cb - blocks_id)
+    g = tl.where(is_identity, 0, j // tl.maximum(blocks_g, 1))
+    first = tl.where(is_identity, cb, j - g * blocks_g) * BLOCK_C
+    limit = tl.where(is_identity, IDENT, GC)
+    ch = first + tl.arange(0, BLOCK_C)[:, None, None, None]
+    ch_ok = ch < limit
+    tw = tile % tiles_w
+    th = (tile // tiles_w) % tiles_h
+    td = tile // (tiles_w * tiles_h)
+    offs_d = td * BLOCK_D + tl.arange(0, BLOCK_D)[None, :, None, None]
+    offs_h = th * BLOCK_H + tl.arange(0, BLOCK_H)[None, None, :, None]
+    offs_w = tw * BLOCK_W + tl.arange(0, BLOCK_W)[None, None, None, :]
+    if INT64:  # every offset computed from these is then 64-bit
+        n = n.to(tl.int64)
+        ch = ch.to(tl.int64)
+        offs_d = offs_d.to(tl.int64)
+        offs_h = offs_h.to(tl.int64)
+        offs_w = offs_w.to(tl.int64)
+    return tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w
+
+
+@triton.jit
+def _tap_mask(mask, offs_d, offs_h, offs_w, D, H, W, SD: tl.constexpr, SH: tl.constexpr,
+              SW: tl.constexpr):
+    """Where the tile's voxel is valid and (d + SD, h + SH, w + SW) is inside the volume (zero
+    padding elsewhere). Only the bound a shift can cross is tested, by comparing the unshifted
+    index with a shifted scalar bound (no index arithmetic on the tile)."""
+    m = mask
+    if SD > 0:
+        m = m & (offs_d < D - SD)
+    if SD < 0:
+        m = m & (offs_d >= -SD)
+    if SH > 0:
+        m = m & (offs_h < H - SH)
+    if SH < 0:
+        m = m & (offs_h >= -SH)
+    if SW > 0:
+        m = m & (offs_w < W - SW)
+    if SW < 0:
+        m = m & (offs_w >= -SW)
+    return m
+
+
+@triton.jit
+def _tap_shift(sd, sh, sw, SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr):
+    """Element offset of the tap (SD, SH, SW) for strides (sd, sh, sw); zero shifts cost nothing."""
+    off = 0
+    if SD != 0:
+        off += SD * sd
+    if SH != 0:
+        off += SH * sh
+    if SW != 0:
+        off += SW * sw
+    return off
+
+
+# The interpreter (triton 3.8) truncates float32 -> bfloat16 casts instead of rounding to nearest
+# even as the GPU does, which doubles bf16 errors; in interpreter mode the rounding is done by hand.
+_ROUND_BF16_BY_HAND = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _to_output(v, out_ty: tl.constexpr):
+    """Cast the accumulator to the output dtype (round to nearest even when narrowing)."""
+    if _ROUND_BF16_BY_HAND and out_ty == tl.bfloat16 and v.dtype == tl.float32:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(out_ty)
+    else:
+        return v.to(out_ty)
+
+
+@triton.jit
+def _sum_spatial(v):
+    """[BC, BD, BH, BW] -> [BC]."""
+    return tl.sum(tl.sum(tl.sum(v, axis=3), axis=2), axis=1)
+
+
+@triton.jit
+def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+               D, H, W, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+               BLOCK_W: tl.constexpr):
+    """y = bias + sum over taps t = (kd, kh, kw) of w[t] * x[d + kd - KD//2, h + kh - KH//2, w + kw - KW//2]."""
+    acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
+    acc = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty) + bias
+    for kd in tl.static_range(KD):
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                m = _tap_mask(mask, offs_d, offs_h, offs_w, D, H, W, kd - KD // 2, kh - KH // 2,
+                              kw - KW // 2)
+                v = tl.load(x_tile + _tap_shift(sxd, sxh, sxw, kd - KD // 2, kh - KH // 2,
+                                                kw - KW // 2), mask=m, other=0.0)
+                acc += v.to(acc_ty) * tl.load(w_rows + ((kd * KH + kh) * KW + kw))
+    tl.store(y_tile, _to_output(acc, y_tile.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _idc_forward_kernel(
+    x_ptr, y_ptr, w_ptr, b_ptr,
+    C, D, H, W, IDENT, GC, w_stride,
+    sxn, sxc, sxd, sxh, sxw, syn, syc, syd, syh, syw,
+    K0D: tl.constexpr, K0H: tl.constexpr, K0W: tl.constexpr,
+    K1D: tl.constexpr, K1H: tl.constexpr, K1W: tl.constexpr,
+    K2D: tl.constexpr, K2H: tl.constexpr, K2W: tl.constexpr,
+    K3D: tl.constexpr, K3H: tl.constexpr, K3W: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Grid: N * channel blocks * n_tiles programs; each writes its tile of y for its channels:
+    a copy for identity channels, its group's depthwise conv for the others."""
+    pid = tl.program_id(0)
+    tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
+        pid, D, H, W, IDENT, GC, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W, INT64)
+    mask = ch_ok & (offs_d < D) & (offs_h < H) & (offs_w < W)
+    c = tl.where(is_identity, ch, IDENT + g * GC + ch)  # channel in x
+    x_tile = x_ptr + n * sxn + (c * sxc + offs_d * sxd + offs_h * sxh + offs_w * sxw)
+    y_tile = y_ptr + n * syn + (c * syc + offs_d * syd + offs_h * syh + offs_w * syw)
+    if is_identity:
+        tl.store(y_tile, tl.load(x_tile, mask=mask), mask=mask)
+    else:
+        cc = g * GC + ch  # row of the packed (4*gc, w_stride) weight table
+        w_rows = w_ptr + cc * w_stride
+        bias = tl.load(b_ptr + cc, mask=ch_ok, other=0.0)
+        if g == 0:
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+                       D, H, W, K0D, K0H, K0W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+        elif g == 1:
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+                       D, H, W, K1D, K1H, K1W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+        elif g == 2:
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+                       D, H, W, K2D, K2H, K2W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+        else:
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+                       D, H, W, K3D, K3H, K3W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+
+
+@triton.jit
+def _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows, part_rows,
+                        ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+                        BLOCK_W: tl.constexpr):
+    """dx = dy convolved with the flipped kernel; the tile's partial dW[t] = sum dy * x(shifted by
+    tap t) goes to part_rows[t], its partial db = sum dy to part_rows[T] (T = KD*KH*KW)."""
+    T: tl.constexpr = KD * KH * KW
+    acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
+    g_c = tl.load(g_tile, mask=mask, other=0.0).to(acc_ty)
+    dx = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty)
+    row_ok = tl.reshape(ch_ok, [BLOCK_C])
+    for kd in tl.static_range(KD):
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                m = _tap_mask(mask, offs_d, offs_h, offs_w, D, H, W, kd - KD // 2, kh - KH // 2,
+                              kw - KW // 2)
+                g_s = tl.load(g_tile + _tap_shift(sgd, sgh, sgw, kd - KD // 2, kh - KH // 2,
+                                                  kw - KW // 2), mask=m, other=0.0)
+                x_s = tl.load(x_tile + _tap_shift(sxd, sxh, sxw, kd - KD // 2, kh - KH // 2,
+                                                  kw - KW // 2), mask=m, other=0.0)
+                # y[p] = sum_t w[t] x[p + s_t]  =>  dx[q] = sum_t w[T-1-t] dy[q + s_t]
+                # (the flipped kernel: tap T-1-t has the opposite shift of tap t)
+                dx += g_s.to(acc_ty) * tl.load(w_rows + (T - 1 - ((kd * KH + kh) * KW + kw)))
+                tl.store(part_rows + ((kd * KH + kh) * KW + kw),
+                         _sum_spatial(g_c * x_s.to(acc_ty)), mask=row_ok)
+    tl.store(dx_tile, _to_output(dx, dx_tile.dtype.element_ty), mask=mask)
+    tl.store(part_rows + T, _sum_spatial(g_c), mask=row_ok)
+
+
+@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _idc_backward_kernel(
+    g_ptr, x_ptr, dx_ptr, w_ptr, part_ptr,
+    N, C, D, H, W, IDENT, GC, w_stride, max_tiles, part_stride,
+    sgn, sgc, sgd, sgh, sgw, sxn, sxc, sxd, sxh, sxw, sdn, sdc, sdd, sdh, sdw,
+    K0D: tl.constexpr, K0H: tl.constexpr, K0W: tl.constexpr,
+    K1D: tl.constexpr, K1H: tl.constexpr, K1W: tl.constexpr,
+    K2D: tl.constexpr, K2H: tl.constexpr, K2W: tl.constexpr,
+    K3D: tl.constexpr, K3H: tl.constexpr, K3W: tl.constexpr,
+    TAPS_P: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Grid as the forward. Partials: row ((cc * N + n) * max_tiles + tile) of part_stride floats
+    for conv channel cc; max_tiles is the most tiles any config makes, and each program also
+    zeroes the rows tile + k * n_tiles < max_tiles its config leaves unused, so the buffer is
+    fully defined whatever config ran (the autotuner runs several on the same buffer)."""
+    pid = tl.program_id(0)
+    tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
+        pid, D, H, W, IDENT, GC, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W, INT64)
+    mask = ch_ok & (offs_d < D) & (offs_h < H) & (offs_w < W)
+    c = tl.where(is_identity, ch, IDENT + g * GC + ch)
+    g_tile = g_ptr + n * sgn + (c * sgc + offs_d * sgd + offs_h * sgh + offs_w * sgw)
+    dx_tile = dx_ptr + n * sdn + (c * sdc + offs_d * sdd + offs_h * sdh + offs_w * sdw)
+    if is_identity:
+        tl.store(dx_tile, tl.load(g_tile, mask=mask), mask=mask)
+    else:
+        cc = g * GC + ch  # [BC, 1, 1, 1]
+        x_tile = x_ptr + n * sxn + (c * sxc + offs_d * sxd + offs_h * sxh + offs_w * sxw)
+        w_rows = w_ptr + cc * w_stride
+        row0 = (tl.reshape(cc, [BLOCK_C]) * N + n) * max_tiles  # [BC]
+        part_rows = part_ptr + (row0 + tile) * part_stride
+        slots = tl.arange(0, TAPS_P)[None, :]
+        zero_mask = tl.reshape(ch_ok, [BLOCK_C])[:, None] & (slots < part_stride)
+        for extra in range(tile + n_tiles, max_tiles, n_tiles):
+            tl.store(part_ptr + (row0[:, None] + extra) * part_stride + slots,
+                     tl.zeros([BLOCK_C, TAPS_P], dtype=part_ptr.dtype.element_ty), mask=zero_mask)
+        if g == 0:
+            _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
+                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K0D, K0H, K0W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+        elif g == 1:
+            _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
+                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K1D, K1H, K1W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+        elif g == 2:
+            _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
+                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K2D, K2H, K2W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+        else:
+            _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
+                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K3D, K3H, K3W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+
+
+# --------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------
+
+
+def _launch(kernel):
+    # Eager calls (triton_op runs the body with wrap_triton disabled) and the interpreter call
+    # the kernel directly; under torch.compile / FunctionalTensorMode tracing, wrap_triton makes
+    # the launch visible to the compiler.
+    if INTERPRET:
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
+def _kernel_sizes(weights):
+    ks = []
+    for w in weights:
+        ks += [int(s) for s in w.shape[2:]]
+    return ks
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pack_weights(weights, dtype, device):
+    """(4*gc, T_max) table in the accumulation dtype (float32; float64 for float64 inputs): each
+    weight rounded to x's dtype first (the op's contract), flattened in (kd, kh, kw) order."""
+    t_max = max(math.prod(w.shape[2:]) for w in weights)
+    gc = weights[0].shape[0]
+    if gc == 0:
+        return torch.zeros(1, 1, dtype=_acc_dtype(dtype), device=device), t_max
+    rows = []
+    for w in weights:
+        flat = w.detach().to(dtype).to(_acc_dtype(dtype)).reshape(gc, -1)
+        rows.append(torch.nn.functional.pad(flat, (0, t_max - flat.shape[1])))
+    return torch.cat(rows).contiguous(), t_max
+
+
+def _pack_biases(biases, gc, dtype, device):
+    if gc == 0:
+        return torch.zeros(1, dtype=_acc_dtype(dtype), device=device)
+    parts = [torch.zeros(gc, dtype=_acc_dtype(dtype), device=device) if b is None
+             else b.detach().to(dtype).to(_acc_dtype(dtype)) for b in biases]
+    return torch.cat(parts).contiguous()
+
+
+def _needs_int64(*tensors) -> bool:
+    for t in tensors:
+        span = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+        if span >= _INT32_LIMIT or t.numel() >= _INT32_LIMIT:
+            return True
+    return False
+
+
+def _n_tiles(D, H, W, meta):
+    return (triton.cdiv(D, meta["BLOCK_D"]) * triton.cdiv(H, meta["BLOCK_H"])
+            * triton.cdiv(W, meta["BLOCK_W"]))
+
+
+def _grid_size(N, C, gc, D, H, W, meta):
+    bc = meta["BLOCK_C"]
+    blocks = triton.cdiv(C - 4 * gc, bc) + 4 * triton.cdiv(gc, bc)
+    return N * blocks * _n_tiles(D, H, W, meta)
+
+
+@torch.library.triton_op(FORWARD_OP, mutates_args=())
+def _forward_op(x: Tensor, cube_weight: Tensor, cube_bias: Optional[Tensor], w_weight: Tensor,
+                w_bias: Optional[Tensor], h_weight: Tensor, h_bias: Optional[Tensor],
+                d_weight: Tensor, d_bias: Optional[Tensor]) -> Tensor:
+    weights = (cube_weight, w_weight, h_weight, d_weight)
+    biases = (cube_bias, w_bias, h_bias, d_bias)
+    N, C, D, H, W = x.shape
+    gc = cube_weight.shape[0]
+    y = _empty_like(x)
+    if x.numel() == 0:
+        return y
+    w_table, t_max = _pack_weights(weights, x.dtype, x.device)
+    b_table = _pack_biases(biases, gc, x.dtype, x.device)
+
+    def grid(meta):
+        return (_grid_size(N, C, gc, D, H, W, meta),)
+
+    _launch(_idc_forward_kernel)[grid](
+        x, y, w_table, b_table,
+        C, D, H, W, C - 4 * gc, gc, t_max,
+        *x.stride(), *y.stride(),
+        *_kernel_sizes(weights),
+        INT64=_needs_int64(x, y),
+    )
+    return y
+
+
+@_forward_op.register_fake
+def _forward_fake(x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias):
+    return torch.empty_like(x)
+
+
+@torch.library.triton_op(BACKWARD_OP, mutates_args=())
+def _backward_op(grad_y: Tensor, x: Tensor, cube_weight: Tensor, w_weight: Tensor,
+                 h_weight: Tensor, d_weight: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    weights = (cube_weight, w_weight, h_weight, d_weight)
+    N, C, D, H, W = x.shape
+    gc = cube_weight.shape[0]
+    grad_x = _empty_like(x)
+    taps = [math.prod(w.shape[2:]) for w in weights]
+    if x.numel() == 0 or gc == 0:
+        if x.numel() > 0:  # gc == 0: the op is the identity
+            grad_x.copy_(grad_y)
+        grad_w = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in weights]
+        grad_b = [w.new_zeros((gc,)) for w in weights]
+        return (grad_x, *grad_w, *grad_b)
+    w_table, t_max = _pack_weights(weights, x.dtype, x.device)
+    max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in CONFIGS)
+    part_stride = t_max + 1  # a group with T taps fills slots 0..T-1 (dW) and T (db)
+    # Every element is written by the kernel (a partial or an explicit zero): no memset needed.
+    partials = torch.empty((4 * gc, N * max_tiles, part_stride), dtype=w_table.dtype,
+                           device=x.device)
+
+    def grid(meta):
+        return (_grid_size(N, C, gc, D, H, W, meta),)
+
+    _launch(_idc_backward_kernel)[grid](
+        grad_y, x, grad_x, w_table, partials,
+        N, C, D, H, W, C - 4 * gc, gc, t_max, max_tiles, part_stride,
+        *grad_y.stride(), *x.stride(), *grad_x.stride(),
+        *_kernel_sizes(weights),
+        TAPS_P=triton.next_power_of_2(part_stride), INT64=_needs_int64(grad_y, x, grad_x),
+    )
+    # Second stage: a fixed-order sum over batch and tiles (torch's reduction is deterministic).
+    sums = partials.sum(dim=1)  # (4*gc, t_max + 1), float32
+    grad_w, grad_b = [], []
+    for g, w in enumerate(weights):
+        rows = sums[g * gc:(g + 1) * gc]
+        # clone: custom-op outputs must not alias each other (they are views of `sums`)
+        grad_w.append(rows[:, :taps[g]].to(w.dtype).clone(memory_format=torch.contiguous_format)
+                      .view(w.shape))
+        grad_b.append(rows[:, taps[g]].to(w.dtype).clone(memory_format=torch.contiguous_format))
+    return (grad_x, *grad_w, *grad_b)
+
+
+@_backward_op.register_fake
+def _backward_fake(grad_y, x, cube_weight, w_weight, h_weight, d_weight):
+    weights = (cube_weight, w_weight, h_weight, d_weight)
+    grad_w = tuple(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights)
+    grad_b = tuple(w.new_empty((w.shape[0],)) for w in weights)
+    return (torch.empty_like(x), *grad_w, *grad_b)
+
+
+def _setup_context(ctx, inputs, output):
+    x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias = inputs
+    ctx.save_for_backward(x, cube_weight, w_weight, h_weight, d_weight)
+    ctx.bias_dtypes = tuple(None if b is None else b.dtype
+                            for b in (cube_bias, w_bias, h_bias, d_bias))
+
+
+def _autograd_backward(ctx, grad_y):
+    x, cube_weight, w_weight, h_weight, d_weight = ctx.saved_tensors
+    grads = torch.ops.fusionseg.triton_inception_dwconv3d_backward(
+        grad_y.to(x.dtype), x, cube_weight, w_weight, h_weight, d_weight)
+    out = [grads[0]]
+    for gw, gb, bias_dtype in zip(grads[1:5], grads[5:9], ctx.bias_dtypes):
+        out += [gw, None if bias_dtype is None else gb.to(bias_dtype)]
+    return tuple(out)
+
+
+_forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.fusionseg.triton_inception_dwconv3d_forward)
+def _forward_flops(x_shape, cube_w, cube_b, w_w, w_b, h_w, h_b, d_w, d_b, *args, **kwargs):
+    return _conv_flops(x_shape, (cube_w, w_w, h_w, d_w))
+
+
+@register_flop_formula(torch.ops.fusionseg.triton_inception_dwconv3d_backward)
+def _backward_flops(grad_shape, x_shape, cube_w, w_w, h_w, d_w, *args, **kwargs):
+    # grad input + grad weight, like convolution_backward with both outputs.
+    return 2 * _conv_flops(x_shape, (cube_w, w_w, h_w, d_w))
+
+
+# Under CUDA autocast the op runs in the autocast dtype: x is cast (the weights are cast to x's
+# dtype inside the op), then the op is redispatched below the autocast key. Same rule as the C++
+# op pair's AutocastCUDA kernel.
+_lib = torch.library.Library("fusionseg", "FRAGMENT")
+
+
+def _forward_autocast_cuda(keyset, x, *args):
+    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)):
+        if x.is_floating_point():
+            x = x.to(torch.get_autocast_dtype("cuda"))
+        return torch.ops.fusionseg.triton_inception_dwconv3d_forward(x, *args)
+
+
+_lib.impl("triton_inception_dwconv3d_forward", _forward_autocast_cuda, "AutocastCUDA",
+          with_keyset=True)
+
+
+def inception_dwconv3d_triton(x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias,
+                              d_weight, d_bias):
+    """The Triton backend: y (N, C, D, H, W) like x. CUDA tensors, or CPU ones with TRITON_INTERPRET=1."""
+    return torch.ops.fusionseg.triton_inception_dwconv3d_forward(
+        x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias)

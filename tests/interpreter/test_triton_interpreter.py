@@ -1,0 +1,189 @@
+"""The Triton backend's kernels run on CPU tensors through the Triton interpreter.
+
+Run in its own process: `TRITON_INTERPRET=1 pytest tests/interpreter` (conftest.py skips the
+module otherwise). Forward and every gradient are compared with the float64 reference. The
+interpreter costs about a millisecond per Triton operation whatever the block size, so the
+shapes are small and odd and the single interpreter config (BLOCK_C=4, 8x16x16 voxels) makes
+few programs; a few cases span several tiles on purpose.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import (PLANE_KERNELS, STRIP_KERNELS, assert_low_precision_close,
+                     assert_matches_reference, make_input, make_op_args, reference_outputs,
+                     backend_outputs, rel_l2)
+
+from fusionseg_kernels import inception_dwconv3d
+from fusionseg_kernels.ops.inception_dwconv3d import triton_impl
+
+pytestmark = pytest.mark.interpreter
+
+
+def triton_op(x, *args):
+    return inception_dwconv3d(x, *args, backend="triton")
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """y and grad_x start as NaN, so an element no program writes fails the comparison."""
+    monkeypatch.setattr(triton_impl, "_empty_like", lambda t: torch.full_like(t, float("nan")))
+
+
+def test_interpreter_uses_one_fixed_config():
+    assert triton_impl.INTERPRET
+    assert len(triton_impl.CONFIGS) == 1
+    assert triton_impl.available() == (True, "")
+
+
+@pytest.mark.parametrize("shape, gc", [
+    ((2, 12, 5, 7, 9), 2),     # identity 4, every group, batch 2
+    ((1, 7, 3, 5, 4), 1),      # identity 3, gc 1
+    ((1, 13, 4, 3, 6), 3),     # identity 1, a partial channel block (3 of 4)
+    ((1, 36, 3, 4, 5), 9),     # no identity, 9 channels per group: three channel blocks
+])
+def test_float32_strips_match_reference(shape, gc):
+    x = make_input(shape, dtype=torch.float32)
+    args = make_op_args(shape[1], gc, dtype=torch.float32)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_gc_zero_is_the_identity():
+    x = make_input((2, 5, 3, 4, 5), dtype=torch.float32, requires_grad=True)
+    args = make_op_args(5, 0, dtype=torch.float32, requires_grad=True)
+    y = triton_op(x, *args)
+    assert torch.equal(y, x)
+    grad_y = make_input(x.shape, dtype=x.dtype, seed=7)
+    grads = torch.autograd.grad(y, [x] + args, grad_y)
+    assert torch.equal(grads[0], grad_y)
+    assert all(g.numel() == 0 and g.shape == a.shape for g, a in zip(grads[1:], args))
+
+
+def test_float32_planes_match_reference():
+    x = make_input((1, 9, 5, 6, 7), dtype=torch.float32)
+    args = make_op_args(9, 2, kernels=PLANE_KERNELS, dtype=torch.float32)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_several_tiles_in_every_axis():
+    # 8x16x16 tiles: D=10, H=17, W=19 give 2 x 2 x 2 tiles per channel block.
+    x = make_input((1, 6, 10, 17, 19), dtype=torch.float32)
+    args = make_op_args(6, 1, dtype=torch.float32)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_other_kernel_sizes_and_volume_smaller_than_kernel():
+    # 5x5x5 cube, strips of 7, 3 and 9 on a 3x4x2 volume: most taps fall in the padding.
+    kernels = ((5, 5, 5), (1, 1, 7), (1, 3, 1), (9, 1, 1))
+    x = make_input((2, 9, 3, 4, 2), dtype=torch.float32)
+    args = make_op_args(9, 2, kernels=kernels, dtype=torch.float32)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_biases_none():
+    x = make_input((1, 10, 4, 5, 6), dtype=torch.float32)
+    args = make_op_args(10, 2, dtype=torch.float32, bias=False)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_some_biases_none_and_float32_weights_on_float64_input():
+    x = make_input((1, 8, 3, 4, 5), dtype=torch.float64)
+    args = make_op_args(8, 1, dtype=torch.float64)
+    args[3] = None  # w_bias
+    args[7] = None  # d_bias
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_empty_batch():
+    x = make_input((0, 8, 3, 4, 5), dtype=torch.float32, requires_grad=True)
+    args = make_op_args(8, 1, dtype=torch.float32, requires_grad=True)
+    y = triton_op(x, *args)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for a in args:
+        assert a.grad is not None and torch.count_nonzero(a.grad) == 0
+
+
+def test_non_contiguous_input():
+    base = make_input((1, 10, 5, 6, 14), dtype=torch.float32)
+    x = base[..., ::2]  # W stride 2
+    assert not x.is_contiguous()
+    args = make_op_args(10, 2, dtype=torch.float32)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_channels_last_3d_input_keeps_its_layout():
+    x = make_input((2, 10, 4, 5, 6), dtype=torch.float32).to(memory_format=torch.channels_last_3d)
+    args = make_op_args(10, 2, dtype=torch.float32)
+    y = triton_op(x, *args)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    assert_matches_reference(triton_op, x, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_within_twice_pytorch_error(dtype):
+    x = make_input((1, 12, 5, 6, 7), dtype=dtype)
+    args = make_op_args(12, 2, dtype=dtype)
+    assert_low_precision_close(triton_op, x, args)
+
+
+def test_float32_weights_on_bfloat16_input_give_float32_grads():
+    x = make_input((1, 8, 3, 4, 5), dtype=torch.bfloat16)
+    args = make_op_args(8, 1, dtype=torch.float32)
+    grad_y = make_input(x.shape, dtype=x.dtype, seed=7)
+    y, grads = backend_outputs(triton_op, x, args, grad_y)
+    assert y.dtype == torch.bfloat16 and grads[0].dtype == torch.bfloat16
+    assert all(g.dtype == torch.float32 for g in grads[1:])
+    # the weights are rounded to bf16 inside the op, as in the reference run on bf16 weights
+    ref_args = [a.to(torch.bfloat16) for a in args]
+    ref_y, _ = reference_outputs(x, ref_args, grad_y)
+    assert rel_l2(y, ref_y) < 1e-2
+
+
+def test_backward_is_deterministic():
+    x = make_input((1, 12, 6, 7, 9), dtype=torch.float32)
+    args = make_op_args(12, 2, dtype=torch.float32)
+    grad_y = make_input(x.shape, dtype=x.dtype, seed=3)
+    _, first = backend_outputs(triton_op, x, args, grad_y)
+    _, second = backend_outputs(triton_op, x, args, grad_y)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_int64_offsets_path(monkeypatch):
+    # Inputs of 2**31 elements do not fit the interpreter; force the 64-bit code path instead.
+    monkeypatch.setattr(triton_impl, "_needs_int64", lambda *tensors: True)
+    x = make_input((1, 9, 3, 5, 4), dtype=torch.float32)
+    args = make_op_args(9, 2, dtype=torch.float32)
+    assert_matches_reference(triton_op, x, args)
+
+
+def test_needs_int64_threshold():
+    small = torch.empty(2, 3, 4, 5, 6)
+    assert not triton_impl._needs_int64(small)
+    # an expanded (stride-0) view makes numel large without memory
+    big = torch.empty(1).expand(2**31)
+    assert triton_impl._needs_int64(big)
+    # a span (largest offset) past 2**31 with few elements; meta tensors need no storage
+    assert triton_impl._needs_int64(torch.empty(4, device="meta").as_strided((2, 2), (2**31, 1)))
+
+
+def test_backward_op_returns_weight_and_bias_grads_directly():
+    x = make_input((1, 8, 3, 4, 5), dtype=torch.float32)
+    args = make_op_args(8, 1, dtype=torch.float32)
+    grad_y = make_input(x.shape, dtype=x.dtype, seed=5)
+    out = torch.ops.fusionseg.triton_inception_dwconv3d_backward(grad_y, x, args[0], args[2],
+                                                                 args[4], args[6])
+    _, ref = reference_outputs(x, args, grad_y)
+    # reference grads: x, then (w, b) per group; the op returns x, four w, four b
+    ref_order = [ref[0], ref[1], ref[3], ref[5], ref[7], ref[2], ref[4], ref[6], ref[8]]
+    assert len(out) == 9
+    for got, want in zip(out, ref_order):
+        assert got.shape == want.shape
+        assert rel_l2(got, want) < 1e-5
+    # outputs are distinct tensors (custom ops must not return aliases)
+    assert len({t.data_ptr() for t in out}) == 9

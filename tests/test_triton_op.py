@@ -1,0 +1,299 @@
+"""The Triton op pair fusionseg::triton_inception_dwconv3d_{forward,backward} without the interpreter.
+
+On any machine: fake-tensor and meta-device shapes/strides, autograd through the fake kernels,
+FLOP formulas, torch.compile(fullgraph=True) tracing into the op (on meta tensors, where the
+fake kernels run). With a CUDA GPU: torch.library.opcheck, accuracy of forward and every
+gradient against the float64 reference in fp32/fp16/bf16, channels_last_3d, autocast,
+determinism, torch.compile with Inductor, 64-bit offsets. The kernels' logic on the CPU is
+tested by tests/interpreter (TRITON_INTERPRET=1, its own process).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import requires_gpu
+from helpers import (PLANE_KERNELS, STRIP_KERNELS, assert_low_precision_close,
+                     assert_matches_reference, backend_outputs, make_input, make_op_args, rel_l2)
+
+triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("opcheck, fake, meta and torch.compile tests of the Triton op fail under "
+                "TRITON_INTERPRET=1; run this file without it", allow_module_level=True)
+
+from fusionseg_kernels import inception_dwconv3d, inception_dwconv3d_reference  # noqa: E402
+from fusionseg_kernels.ops.inception_dwconv3d import triton_impl  # noqa: E402
+
+FORWARD = torch.ops.fusionseg.triton_inception_dwconv3d_forward
+BACKWARD = torch.ops.fusionseg.triton_inception_dwconv3d_backward
+
+
+def _meta_args(shape, gc, kernels=STRIP_KERNELS, bias=True, dtype=torch.float32):
+    x = make_input(shape, dtype=dtype).to("meta").requires_grad_()
+    args = [None if a is None else a.to("meta").requires_grad_()
+            for a in make_op_args(shape[1], gc, kernels=kernels, dtype=dtype, bias=bias)]
+    return x, args
+
+
+# ---------------------------------------------------------------- any machine
+
+
+def test_ops_are_registered_with_fake_autograd_and_autocast():
+    for name in ("triton_inception_dwconv3d_forward", "triton_inception_dwconv3d_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusionseg::{name}", "Meta")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fusionseg::triton_inception_dwconv3d_forward", "AutocastCUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fusionseg::triton_inception_dwconv3d_forward", "Autograd")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_fake_forward_keeps_shape_dtype_and_layout(memory_format):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 12, 5, 7, 9, dtype=torch.bfloat16).to(memory_format=memory_format)
+        args = [torch.empty(2, 1, *k) for k in STRIP_KERNELS]
+        y = FORWARD(x, args[0], None, args[1], None, args[2], None, args[3], None)
+        assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
+        grads = BACKWARD(y, x, *args)
+        assert len(grads) == 9
+        assert grads[0].shape == x.shape and grads[0].stride() == x.stride()
+        for g, w in zip(grads[1:5], args):
+            assert g.shape == w.shape and g.dtype == w.dtype and g.is_contiguous()
+        for g, w in zip(grads[5:], args):
+            assert g.shape == (w.shape[0],)
+
+
+@pytest.mark.parametrize("kernels, bias", [(STRIP_KERNELS, True), (PLANE_KERNELS, False)])
+def test_meta_forward_and_backward(kernels, bias):
+    x, args = _meta_args((2, 12, 5, 7, 9), 2, kernels=kernels, bias=bias)
+    y = FORWARD(x, *args)
+    assert y.device.type == "meta" and y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for a in args:
+        if a is not None:
+            assert a.grad is not None and a.grad.shape == a.shape
+
+
+def test_flop_formulas_match_the_four_convolutions():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape, gc = (2, 12, 5, 7, 9), 2
+    x, args = _meta_args(shape, gc)
+    with FlopCounterMode(display=False) as counter:
+        FORWARD(x, *args).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    voxels = 5 * 7 * 9
+    forward = 2 * shape[0] * voxels * gc * (27 + 11 + 11 + 11)
+    assert counts[FORWARD] == forward
+    assert counts[BACKWARD] == 2 * forward
+
+
+def test_flops_equal_the_reference_convolutions():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, args = _meta_args((1, 16, 4, 6, 8), 2, kernels=PLANE_KERNELS)
+    with FlopCounterMode(display=False) as ours:
+        FORWARD(x, *args)
+    with FlopCounterMode(display=False) as ref:
+        inception_dwconv3d_reference(x, *args)
+    assert ours.get_total_flops() == ref.get_total_flops() > 0
+
+
+def test_torch_compile_fullgraph_traces_the_op_on_meta_tensors():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def f(x, *args):
+        return FORWARD(x, *args).relu() * 2
+
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    x, args = _meta_args((1, 12, 5, 6, 7), 2)
+    y = compiled(x, *args)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape
+    assert counter.frame_count == 1
+    graph_ops = {str(n.target) for g in counter.graphs for n in g.graph.nodes}
+    assert any("triton_inception_dwconv3d_forward" in op for op in graph_ops)
+
+
+def test_aot_tracing_exposes_the_kernels_to_the_compiler():
+    """Under functionalization (what Inductor sees) the triton_op decomposes into its kernels."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, *a: FORWARD(x, *a),
+                             backend=aot_autograd(fw_compiler=capture, bw_compiler=capture),
+                             fullgraph=True)
+    x, args = _meta_args((1, 12, 5, 6, 7), 2)
+    compiled(x, *args).sum().backward()
+    text = "\n".join(g.code for g in graphs)
+    assert "triton_kernel_wrapper_functional" in text
+    assert "triton_inception_dwconv3d" not in text  # decomposed, not an opaque call
+
+
+def test_backend_triton_without_gpu_or_interpreter_says_why():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    x = make_input((1, 8, 3, 4, 5), dtype=torch.float32)
+    args = make_op_args(8, 1, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        inception_dwconv3d(x, *args, backend="triton")
+
+
+def test_autotune_configs_are_sane():
+    configs = triton_impl.CONFIGS
+    assert len(configs) > 1  # not the interpreter's single config
+    for cfg in configs:
+        kw = cfg.kwargs
+        elements = kw["BLOCK_C"] * kw["BLOCK_D"] * kw["BLOCK_H"] * kw["BLOCK_W"]
+        assert 1024 <= elements <= 8192
+        for v in kw.values():
+            assert v & (v - 1) == 0  # powers of two (tl.arange)
+
+
+# ---------------------------------------------------------------- GPU
+
+def triton_fn(x, *args):
+    return inception_dwconv3d(x, *args, backend="triton")
+
+
+def _poison(monkeypatch):
+    monkeypatch.setattr(triton_impl, "_empty_like", lambda t: torch.full_like(t, float("nan")))
+
+
+GPU_SHAPES = [
+    ((2, 16, 9, 17, 33), 2, STRIP_KERNELS),
+    ((1, 40, 7, 13, 70), 5, STRIP_KERNELS),
+    ((2, 64, 6, 4, 4), 8, STRIP_KERNELS),      # deep layer: volume smaller than a tile
+    ((1, 24, 5, 9, 11), 3, PLANE_KERNELS),
+    ((1, 7, 3, 5, 6), 0, STRIP_KERNELS),
+]
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("shape, gc, kernels", GPU_SHAPES)
+def test_gpu_float32_matches_reference(shape, gc, kernels, monkeypatch):
+    _poison(monkeypatch)
+    x = make_input(shape, dtype=torch.float32, device="cuda")
+    args = make_op_args(shape[1], gc, kernels=kernels, dtype=torch.float32, device="cuda")
+    if gc == 0:
+        y = triton_fn(x, *args)
+        assert torch.equal(y, x)
+        return
+    assert_matches_reference(triton_fn, x, args)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_low_precision(dtype, monkeypatch):
+    _poison(monkeypatch)
+    x = make_input((2, 32, 8, 16, 20), dtype=dtype, device="cuda")
+    args = make_op_args(32, 4, dtype=dtype, device="cuda")
+    assert_low_precision_close(triton_fn, x, args)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_channels_last_and_non_contiguous():
+    x = make_input((2, 16, 6, 9, 10), dtype=torch.float32, device="cuda")
+    args = make_op_args(16, 2, dtype=torch.float32, device="cuda")
+    cl = x.to(memory_format=torch.channels_last_3d)
+    assert triton_fn(cl, *args).is_contiguous(memory_format=torch.channels_last_3d)
+    assert_matches_reference(triton_fn, cl, args)
+    assert_matches_reference(triton_fn, x[..., ::2], args)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_opcheck():
+    x = make_input((2, 16, 5, 7, 9), dtype=torch.float32, device="cuda", requires_grad=True)
+    args = make_op_args(16, 2, dtype=torch.float32, device="cuda", requires_grad=True)
+    torch.library.opcheck(FORWARD, (x, *args))
+    args_nb = make_op_args(16, 2, dtype=torch.float32, device="cuda", bias=False,
+                           requires_grad=True)
+    torch.library.opcheck(FORWARD, (x, *args_nb))
+    gy = make_input(x.shape, dtype=torch.float32, device="cuda")
+    torch.library.opcheck(BACKWARD, (gy, x.detach(), args[0].detach(), args[2].detach(),
+                                     args[4].detach(), args[6].detach()))
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_autocast_runs_in_autocast_dtype():
+    x = make_input((1, 16, 5, 6, 7), dtype=torch.float32, device="cuda", requires_grad=True)
+    args = make_op_args(16, 2, dtype=torch.float32, device="cuda", requires_grad=True)
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype):
+            y = triton_fn(x, *args)
+        assert y.dtype == dtype
+        y.float().sum().backward()
+        assert x.grad.dtype == torch.float32 and args[0].grad.dtype == torch.float32
+        x.grad = None
+        for a in args:
+            a.grad = None
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_backward_is_deterministic():
+    x = make_input((2, 32, 16, 32, 32), dtype=torch.float32, device="cuda")
+    args = make_op_args(32, 4, dtype=torch.float32, device="cuda")
+    gy = make_input(x.shape, dtype=torch.float32, device="cuda", seed=3)
+    _, first = backend_outputs(triton_fn, x, args, gy)
+    _, second = backend_outputs(triton_fn, x, args, gy)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_inductor_compile_matches_eager():
+    torch._dynamo.reset()
+    x = make_input((2, 16, 6, 12, 20), dtype=torch.float32, device="cuda")
+    args = make_op_args(16, 2, dtype=torch.float32, device="cuda")
+
+    def f(x, *a):
+        return inception_dwconv3d(x, *a, backend="triton").relu()
+
+    compiled = torch.compile(f, fullgraph=True)
+    gy = make_input(x.shape, dtype=torch.float32, device="cuda", seed=9)
+    y_c, g_c = backend_outputs(compiled, x, args, gy)
+    y_e, g_e = backend_outputs(f, x, args, gy)
+    assert rel_l2(y_c, y_e) < 1e-6
+    for a, b in zip(g_c, g_e):
+        assert rel_l2(a, b) < 1e-6
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_int64_offsets_on_a_2_pow_31_element_input():
+    free, _ = torch.cuda.mem_get_info()
+    if free < 12 * 2**30:
+        pytest.skip("needs 12 GiB of free GPU memory")
+    D = 1024
+    x = torch.randn(1, 8, D, 512, 512, dtype=torch.bfloat16, device="cuda")
+    assert x.numel() >= 2**31
+    args = make_op_args(8, 1, dtype=torch.bfloat16, device="cuda")
+    y = triton_fn(x, *args)
+    # the last 6 d-planes, from an input cropped to the last 12 (enough for the 11-long band)
+    ref = inception_dwconv3d_reference(x[:, :, D - 12:].double(), *[a.double() for a in args])
+    assert rel_l2(y[:, :, D - 6:], ref[:, :, 6:]) < 1e-2
+    del x, y
+    torch.cuda.empty_cache()
