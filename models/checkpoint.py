@@ -140,7 +140,7 @@ def load_nnunet_checkpoint(path: str | os.PathLike, network: str | type[_UNet] =
         kwargs.pop("n_conv_per_stage", None)
     model = cls(backend=backend, **kwargs)
     model.load_released_state_dict(weights)
-    if map_location is not None:
+    if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.checkpoint_info = {k: checkpoint.get(k) for k in
                              ("trainer_name", "current_epoch", "inference_allowed_mirroring_axes")}

@@ -1,0 +1,337 @@
+"""Whole-network benchmark: the released DualBranchUNet with backend="reference" vs the fused backends.
+
+Measures, in one process on one device, with the same weights and the same allocator settings:
+- inference: forward of batch 1 (default patch 96×128×128), no_grad, eval mode;
+- training step: batch 2, forward + cross-entropy + backward + gradient clipping (12, as the
+  release) + AdamW (lr 8e-4, wd 0.01, eps 1e-5) step;
+in float32 (CPU and GPU) and bf16 autocast (GPU). The backends are timed interleaved (one
+iteration of each in turn, per repeat) so that drift on a shared machine hits them alike; medians
+are reported. One extra profiled iteration per backend gives the share of time spent in
+InceptionDWConv3d (torch.profiler; forward: the time inside the 28 layers' forward; backward: the
+autograd nodes whose sequence number belongs to an op run inside those layers).
+
+CPU allocator: SPEC §6 — page faults on fresh large allocations can double a CPU time; glibc's
+settings apply to both sides equally here because both run in this process. The settings in force
+are recorded; ``--keep-freed-memory`` re-executes the script with glibc told to keep freed memory
+(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736), as SPEC §6 measured.
+
+Usage:
+    python bench/bench_network.py --device cpu --quick --keep-freed-memory
+    python bench/bench_network.py --device cuda            # fp32 and bf16, all built GPU backends
+Results: bench/results/network_<device>_<UTC time>.json (written to a .tmp name, then renamed).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile, record_function
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "THP_MEM_ALLOC_ENABLE",
+                  "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
+IDC_RANGE = "fusionseg.InceptionDWConv3d"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="fused backends to compare with 'reference' (default: cpu on CPU; cuda and triton on GPU, "
+                        "those that are available)")
+    p.add_argument("--patch", nargs=3, type=int, default=[96, 128, 128], metavar=("D", "H", "W"),
+                   help="inference patch (batch 1)")
+    p.add_argument("--train-patch", nargs=3, type=int, default=None, metavar=("D", "H", "W"),
+                   help="training patch (batch 2); default: --patch")
+    p.add_argument("--repeats", type=int, default=None, help="timed iterations per backend (median reported)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=None,
+                   help="default: fp32 on CPU, fp32 and bf16 autocast on GPU")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU-friendly: inference at --patch with 3 repeats, training at 48×64×64 with 2 repeats, "
+                        "1 warm-up")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="re-run with glibc keeping freed memory (SPEC §6 settings) unless already set")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=None, help="result file (default: bench/results/network_<device>_<time>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_patch = args.train_patch or [48, 64, 64]
+        args.repeats = args.repeats or 3
+        args.warmup = args.warmup if args.warmup is not None else 1
+    args.train_patch = args.train_patch or args.patch
+    args.repeats = args.repeats or (5 if args.device == "cpu" else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.device == "cpu" else 3)
+    args.dtypes = args.dtypes or (["fp32"] if args.device == "cpu" else ["fp32", "bf16"])
+    if args.device == "cpu" and "bf16" in args.dtypes:
+        p.error("bf16 autocast is measured on the GPU only")
+    return args
+
+
+def reexec_with_malloc_env() -> None:
+    if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
+        return
+    env = dict(os.environ, **KEEP_FREED_MEMORY)
+    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())}", flush=True)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def available_backends(device: str) -> list[str]:
+    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend
+
+    x = torch.empty(1, 8, 1, 1, 1, device=device)
+    names = ["cpu"] if device == "cpu" else ["cuda", "triton"]
+    out = []
+    for name in names:
+        try:
+            check_backend(name, x)
+            out.append(name)
+        except Exception as err:  # noqa: BLE001 - report why and go on
+            print(f"backend {name!r} skipped: {err}", flush=True)
+    return out
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: str, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class IDCRanges:
+    """Wraps every InceptionDWConv3d forward in a profiler range (only costs when profiling)."""
+
+    def __init__(self, model):
+        self.handles = []
+        for m in model.inception_layers():
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._exit))
+
+    @staticmethod
+    def _enter(module, args):
+        module._bench_range = record_function(IDC_RANGE)
+        module._bench_range.__enter__()
+
+    @staticmethod
+    def _exit(module, args, output):
+        module._bench_range.__exit__(None, None, None)
+        del module._bench_range
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def idc_share(prof, device: str) -> dict:
+    """Time in InceptionDWConv3d (forward ranges + the backward nodes of the ops run inside them),
+    against the whole profiled step; CPU time on the CPU, kernel time on the GPU."""
+    events = prof.events()
+    use_device = device == "cuda"
+
+    def t(e, self_only=False):
+        if use_device:
+            return e.self_device_time_total if self_only else e.device_time_total
+        return e.self_cpu_time_total if self_only else e.cpu_time_total
+
+    ranges = [e for e in events if e.name == IDC_RANGE]
+    seq = set()
+    stack = list(ranges)
+    while stack:
+        e = stack.pop()
+        if e.sequence_nr is not None and e.sequence_nr >= 0 and e.name != IDC_RANGE:
+            seq.add(e.sequence_nr)
+        stack.extend(e.cpu_children)
+    forward = sum(t(e) for e in ranges)
+    backward = sum(t(e) for e in events
+                   if e.name.startswith("autograd::engine::evaluate_function:") and e.sequence_nr in seq)
+    if use_device:
+        total = sum(t(e, self_only=True) for e in events)
+    else:
+        steps = [e for e in events if e.name == "bench.step"]
+        total = sum(t(e) for e in steps)
+    return {"idc_forward_us": forward, "idc_backward_us": backward, "step_profiled_us": total,
+            "idc_share": (forward + backward) / total if total else None, "idc_calls": len(ranges)}
+
+
+def make_inference(model, x, device, dtype):
+    def step():
+        with torch.no_grad(), autocast(device, dtype):
+            return model(x)
+    return step
+
+
+def make_training(model, x, target, device, dtype):
+    opt = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.01, eps=1e-5)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        opt.step()
+        return loss
+    return step
+
+
+def run_case(model, backends, step_fn, device, repeats, warmup, profile_it):
+    times = {b: [] for b in backends}
+    for b in backends:  # warm-up (allocator, oneDNN primitive caches, autotuning)
+        model.set_backend(b)
+        for _ in range(warmup):
+            step_fn()
+        sync(device)
+    for _ in range(repeats):
+        for b in backends:  # interleaved
+            model.set_backend(b)
+            sync(device)
+            t0 = time.perf_counter()
+            step_fn()
+            sync(device)
+            times[b].append(time.perf_counter() - t0)
+    out = {}
+    for b in backends:
+        out[b] = {"median_s": statistics.median(times[b]), "min_s": min(times[b]), "times_s": times[b]}
+    if profile_it:
+        ranges = IDCRanges(model)
+        try:
+            for b in backends:
+                model.set_backend(b)
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+                with profile(activities=acts) as prof:
+                    with record_function("bench.step"):
+                        step_fn()
+                    sync(device)
+                out[b]["profile"] = idc_share(prof, device)
+        finally:
+            ranges.remove()
+    ref = out["reference"]["median_s"]
+    for b in backends:
+        out[b]["speedup_vs_reference"] = ref / out[b]["median_s"]
+    return out
+
+
+def environment(device: str) -> dict:
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return None
+
+    cpu_name = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    import fusionseg_kernels
+
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else cpu_name,
+        "cpu": cpu_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "triton": triton_version, "python": platform.python_version(),
+        "build_info": fusionseg_kernels.build_info() if fusionseg_kernels.extension_available() else None,
+        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_VARS},
+        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.keep_freed_memory:
+        reexec_with_malloc_env()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("no CUDA device", file=sys.stderr)
+            return 2
+        torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 (SPEC §7)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    from fusionseg_kernels.models import DualBranchUNet
+
+    fused = args.backends or available_backends(args.device)
+    backends = ["reference"] + [b for b in fused if b != "reference"]
+    torch.manual_seed(0)
+    model = DualBranchUNet().to(args.device)
+    gen = torch.Generator().manual_seed(1)
+    result = {"benchmark": "network", "network": "DualBranchUNet (released configuration)",
+              "environment": environment(args.device), "backends": backends,
+              "settings": {"patch_inference": args.patch, "batch_inference": 1, "patch_train": args.train_patch,
+                           "batch_train": 2, "repeats": args.repeats, "warmup": args.warmup,
+                           "quick": args.quick, "loss": "cross-entropy", "optimizer": "AdamW(8e-4, wd 0.01, eps 1e-5)",
+                           "grad_clip": 12.0},
+              "cases": []}
+    print(f"device: {result['environment']['device']}, threads {torch.get_num_threads()}, backends {backends}, "
+          f"allocator env {result['environment']['allocator_env']}", flush=True)
+    for dtype in args.dtypes:
+        x = torch.randn(1, 1, *args.patch, generator=gen).to(args.device)
+        model.eval()
+        res = run_case(model, backends, make_inference(model, x, args.device, dtype), args.device,
+                       args.repeats, args.warmup, not args.no_profile)
+        result["cases"].append({"case": "inference forward", "dtype": dtype, "shape": [1, 1, *args.patch],
+                                "results": res})
+        _print_case("inference forward", dtype, [1, 1, *args.patch], res)
+        del x
+        if args.skip_train:
+            continue
+        x = torch.randn(2, 1, *args.train_patch, generator=gen).to(args.device)
+        target = torch.randint(0, 2, (2, *args.train_patch), generator=gen).to(args.device)
+        model.train()
+        res = run_case(model, backends, make_training(model, x, target, args.device, dtype), args.device,
+                       args.repeats, args.warmup, not args.no_profile)
+        result["cases"].append({"case": "training step", "dtype": dtype, "shape": [2, 1, *args.train_patch],
+                                "results": res})
+        _print_case("training step", dtype, [2, 1, *args.train_patch], res)
+        del x, target
+    out = args.out or RESULTS / f"network_{args.device}_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _print_case(case, dtype, shape, res):
+    print(f"\n{case}, {dtype}, input {tuple(shape)}")
+    print(f"  {'backend':<10} {'median s':>9} {'min s':>8} {'speedup':>8} {'IDC share':>10}")
+    for b, r in res.items():
+        share = r.get("profile", {}).get("idc_share")
+        share_s = f"{100 * share:9.1f}%" if share is not None else f"{'-':>10}"
+        print(f"  {b:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['speedup_vs_reference']:7.2f}x {share_s}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
