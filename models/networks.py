@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fusionseg_kernels.modules import InceptionDWConv3d
+from fusionseg_kernels.ops.inception_dwconv3d import BACKENDS
 
 from .blocks import (DualBranchBlock, LayerFactory, StackedConvs, Triple, UNetDecoder, as_triple)
 
@@ -79,8 +80,7 @@ class _UNet(nn.Module):
         self.decoder = UNetDecoder(self._layers, features, strides, kernel_sizes, num_classes,
                                    dec_convs, transposed_bias=conv_bias)
         del self._layers
-        if backend != "auto":
-            self.set_backend(backend)  # validates the name even when the net has no IDC layer
+        self.set_backend(backend)  # validates the name even when the net has no IDC layer
 
     def _build_encoder(self, n_convs: list[int]) -> nn.Module:
         raise NotImplementedError
@@ -117,8 +117,8 @@ class _UNet(nn.Module):
 
     def set_backend(self, backend: str) -> "_UNet":
         """Sets the backend of every InceptionDWConv3d ("auto", "reference", "cpu", "cuda", "triton")."""
-        probe = InceptionDWConv3d(8)  # validates the name once, also for nets without IDC layers
-        probe.backend = backend
+        if backend not in BACKENDS:  # checked here too for nets without InceptionDWConv3d layers
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         for m in self.inception_layers():
             m.backend = backend
         return self

@@ -283,6 +283,12 @@ def test_backend_argument_and_set_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         PlainConvUNet(backend="fast")
     assert PlainConvUNet().backend is None
+    # the backend does not touch the weights' initialization
+    torch.manual_seed(3)
+    a = DualBranchUNet(features_per_stage=TINY_FEATURES)
+    torch.manual_seed(3)
+    b = DualBranchUNet(features_per_stage=TINY_FEATURES, backend="reference")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 @pytest.mark.parametrize("size", [(33, 64, 64), (32, 60, 64), (32, 64, 65)])
