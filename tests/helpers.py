@@ -53,7 +53,8 @@ def reference_outputs(x, args, grad_y):
     args64 = [None if a is None else a.detach().double().cpu().requires_grad_(True) for a in args]
     y = inception_dwconv3d_reference(x64, *args64)
     inputs = [x64] + [a for a in args64 if a is not None]
-    grads = torch.autograd.grad(y, inputs, grad_y.detach().double().cpu())
+    grads = torch.autograd.grad(y, inputs, grad_y.detach().double().cpu(), allow_unused=True,
+                                materialize_grads=True)
     return y.detach(), list(grads)
 
 
@@ -63,7 +64,7 @@ def backend_outputs(fn, x, args, grad_y):
     args = [None if a is None else a.detach().requires_grad_(True) for a in args]
     y = fn(x, *args)
     inputs = [x] + [a for a in args if a is not None]
-    grads = torch.autograd.grad(y, inputs, grad_y.to(y.dtype))
+    grads = torch.autograd.grad(y, inputs, grad_y.to(y.dtype), allow_unused=True, materialize_grads=True)
     return y.detach(), list(grads)
 
 

@@ -57,82 +57,94 @@ def triton_status() -> tuple[bool, str]:
     return triton_impl.available()
 
 
-def _triton_usable_on(x: torch.Tensor) -> tuple[bool, str]:
+def _triton_usable_on(device_type: str) -> tuple[bool, str]:
     ok, why = triton_status()
     if not ok:
         return False, why
-    if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+    if device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return True, ""
     return False, ("the triton backend runs on CUDA tensors (or on CPU tensors with "
-                   "TRITON_INTERPRET=1), got a tensor on " + str(x.device))
+                   "TRITON_INTERPRET=1), got a tensor on " + device_type)
 
 
-def check_backend(backend: str, x: torch.Tensor) -> None:
-    """Raises a clear error if `backend` cannot run on x."""
+def _check_backend(backend: str, device_type: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "cpu":
         require_extension()
-        if x.device.type != "cpu":
-            raise BackendUnavailableError(f"backend 'cpu' needs CPU tensors, got a tensor on {x.device}")
+        if device_type not in ("cpu", "meta"):
+            raise BackendUnavailableError(f"backend 'cpu' needs CPU tensors, got a tensor on {device_type}")
     elif backend == "cuda":
         require_extension()
         if not has_cuda_kernels():
             raise BackendUnavailableError(
                 "backend 'cuda' is not built: this fusionseg extension was compiled without a CUDA "
                 "toolkit; install one (nvcc) and rebuild with `pip install --no-build-isolation -e .`")
-        if x.device.type != "cuda":
-            raise BackendUnavailableError(f"backend 'cuda' needs CUDA tensors, got a tensor on {x.device}")
+        if device_type not in ("cuda", "meta"):
+            raise BackendUnavailableError(f"backend 'cuda' needs CUDA tensors, got a tensor on {device_type}")
     elif backend == "triton":
-        ok, why = _triton_usable_on(x)
+        ok, why = _triton_usable_on(device_type)
         if not ok:
             raise BackendUnavailableError(why)
 
 
-def _choose(x: torch.Tensor) -> tuple[str, str]:
-    if x.device.type == "cpu":
+def check_backend(backend: str, x: torch.Tensor) -> None:
+    """Raises a clear error if `backend` cannot run on x."""
+    _check_backend(backend, x.device.type)
+
+
+def _choose(device_type: str, device_index, dtype: torch.dtype, cls: str) -> tuple[str, str]:
+    if device_type == "cpu":
         if extension_available():
             return "cpu", "CPU tensor and the fused CPU kernel is built"
         return "reference", "CPU tensor but the C++ extension is not built"
-    if x.device.type == "cuda":
-        name = torch.cuda.get_device_name(x.device)
-        dtype = str(x.dtype).replace("torch.", "")
-        for dev, dt, cls, backend in _gpu_table():
-            if dev == name and dt == dtype and cls == size_class(x):
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(device_index)
+        dt = str(dtype).replace("torch.", "")
+        for dev, table_dtype, table_cls, backend in _gpu_table():
+            if dev == name and table_dtype == dt and table_cls == cls:
                 try:
-                    check_backend(backend, x)
-                    return backend, f"recorded as fastest for {name}, {dtype}, {cls} inputs"
+                    _check_backend(backend, device_type)
+                    return backend, f"recorded as fastest for {name}, {dt}, {cls} inputs"
                 except (BackendUnavailableError, RuntimeError):
                     break
-        if _triton_usable_on(x)[0]:
-            return "triton", f"no measured record for {name}, {dtype}, {size_class(x)}: triton by default"
+        if _triton_usable_on(device_type)[0]:
+            return "triton", f"no measured record for {name}, {dt}, {cls}: triton by default"
         if extension_available() and has_cuda_kernels():
             return "cuda", "triton is not available; the CUDA kernels are built"
         return "reference", "neither triton nor the CUDA kernels are available"
-    return "reference", f"no fused backend for {x.device.type} tensors"
-
-
-def _key(x):
-    return (x.device.type, x.device.index, x.dtype, size_class(x))
+    if device_type == "meta" and extension_available():
+        return "cpu", "meta tensors: the fused op's meta kernel (shapes, FLOP counts)"
+    return "reference", f"no fused backend for {device_type} tensors"
 
 
 def explain_backend(x: torch.Tensor) -> tuple[str, str]:
     """(backend, reason) that backend="auto" picks for tensors like x."""
-    return _choose(x)
+    return _choose(x.device.type, x.device.index, x.dtype, size_class(x))
+
+
+# Both run eagerly when torch.compile traces the caller, and their results become constants of
+# the graph: no file access, logging or cache writes inside traced code.
+@torch.compiler.assume_constant_result
+def _auto_backend(device_type: str, device_index, dtype: torch.dtype, cls: str) -> str:
+    key = (device_type, device_index, dtype, cls)
+    if key not in _CHOICES:
+        _CHOICES[key] = _choose(*key)
+        log.debug("inception_dwconv3d backend for %s: %s (%s)", key, *_CHOICES[key])
+    return _CHOICES[key][0]
+
+
+@torch.compiler.assume_constant_result
+def _explicit_backend(backend: str, device_type: str) -> str:
+    _check_backend(backend, device_type)
+    return backend
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """The backend to run for x: `backend` itself (checked) or the "auto" choice (cached)."""
     if backend != "auto":
-        check_backend(backend, x)
-        return backend
-    if torch.compiler.is_compiling():
-        cached = _CHOICES.get(_key(x))
-        return cached[0] if cached is not None else _choose(x)[0]
-    key = _key(x)
-    if key not in _CHOICES:
-        _CHOICES[key] = _choose(x)
-        log.debug("inception_dwconv3d backend for %s: %s (%s)", key, *_CHOICES[key])
-    return _CHOICES[key][0]
+        return _explicit_backend(backend, x.device.type)
+    return _auto_backend(x.device.type, x.device.index, x.dtype, size_class(x))
 
 
 def clear_backend_cache() -> None:

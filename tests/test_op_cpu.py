@@ -1,0 +1,167 @@
+"""The fused CPU kernel against the float64 reference: forward and every gradient."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fusionseg_kernels as fk
+from helpers import (PLANE_KERNELS, STRIP_KERNELS, assert_low_precision_close,
+                     assert_matches_reference, make_input, make_op_args, rel_l2)
+
+
+def cpu_op(x, *args):
+    return fk.inception_dwconv3d(x, *args, backend="cpu")
+
+
+FIXED_CASES = [
+    # (shape, gc, kernels)
+    ((2, 16, 7, 9, 13), 2, STRIP_KERNELS),        # odd sizes, batch 2
+    ((1, 8, 11, 13, 17), 2, STRIP_KERNELS),       # prime sizes, no identity channels
+    ((1, 19, 5, 3, 2), 4, STRIP_KERNELS),         # sizes smaller than the band kernel
+    ((1, 9, 1, 1, 1), 2, STRIP_KERNELS),          # a single voxel
+    ((1, 20, 5, 3, 40), 5, PLANE_KERNELS),        # plane variant
+    ((3, 12, 13, 2, 5), 3, PLANE_KERNELS),
+    ((1, 9, 4, 4, 4), 1, ((5, 3, 7), (1, 1, 1), (3, 3, 3), (1, 13, 1))),  # other odd kernels
+    ((1, 16, 20, 21, 70), 2, STRIP_KERNELS),      # long rows: vector blocks and tails
+    ((1, 7, 3, 4, 5), 0, STRIP_KERNELS),          # gc = 0: identity
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape,gc,kernels", FIXED_CASES)
+def test_matches_reference_fixed_shapes(shape, gc, kernels, dtype):
+    x = make_input(shape, dtype=dtype)
+    args = make_op_args(shape[1], gc, kernels, dtype=dtype)
+    assert_matches_reference(cpu_op, x, args)
+
+
+@pytest.mark.parametrize("gc", [0, 1, 2, 3, 5, 8, 13, 40])
+def test_group_sizes(gc):
+    C = 4 * gc + 3
+    x = make_input((1, C, 4, 6, 12), dtype=torch.float64)
+    assert_matches_reference(cpu_op, x, make_op_args(C, gc, dtype=torch.float64))
+
+
+def test_without_biases():
+    x = make_input((2, 16, 5, 6, 7))
+    assert_matches_reference(cpu_op, x, make_op_args(16, 2, bias=False))
+
+
+def test_some_biases_missing():
+    x = make_input((1, 16, 5, 6, 7))
+    args = make_op_args(16, 2)
+    args[3] = None  # w_bias
+    args[7] = None  # d_bias
+    assert_matches_reference(cpu_op, x, args)
+
+
+def test_batch_zero():
+    x = make_input((0, 16, 5, 6, 7), requires_grad=True)
+    args = make_op_args(16, 2, requires_grad=True)
+    y = cpu_op(x, *args)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert all(float(a.grad.abs().sum()) == 0.0 for a in args)
+
+
+def test_non_contiguous_input():
+    base = make_input((2, 16, 9, 10, 22))
+    x = base[:, :, 1:8, :, ::2]  # strided view
+    assert not x.is_contiguous()
+    assert_matches_reference(cpu_op, x, make_op_args(16, 2))
+
+
+def test_channels_last_3d_input_keeps_layout():
+    x = make_input((2, 24, 5, 6, 7)).contiguous(memory_format=torch.channels_last_3d)
+    args = make_op_args(24, 3)
+    y = cpu_op(x, *args)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    assert_matches_reference(cpu_op, x, args)
+
+
+def test_gradcheck_float64():
+    x = make_input((1, 9, 3, 4, 5), requires_grad=True)
+    args = make_op_args(9, 1, kernels=((3, 3, 3), (1, 1, 3), (1, 3, 1), (3, 1, 1)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *a: cpu_op(x, *a), (x, *args))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_at_most_twice_pytorch_error(dtype):
+    x = make_input((1, 16, 6, 7, 9), dtype=dtype)
+    args = make_op_args(16, 2, dtype=dtype)
+    assert_low_precision_close(cpu_op, x, args)
+
+
+def test_weights_cast_to_input_dtype():
+    x = make_input((1, 16, 5, 6, 7), dtype=torch.float32)
+    args64 = make_op_args(16, 2, dtype=torch.float64)
+    y = cpu_op(x, *args64)
+    assert y.dtype == torch.float32
+    assert rel_l2(y, fk.inception_dwconv3d_reference(x.double(), *args64)) < 1e-6
+
+
+def test_deterministic_across_runs_and_thread_counts():
+    x = make_input((2, 32, 8, 9, 10), dtype=torch.float32, requires_grad=True)
+    args = make_op_args(32, 4, dtype=torch.float32, requires_grad=True)
+    grad_y = make_input(x.shape, dtype=torch.float32, seed=3)
+
+    def run(threads):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            y = cpu_op(x, *args)
+            return [y] + list(torch.autograd.grad(y, [x] + args, grad_y))
+        finally:
+            torch.set_num_threads(old)
+
+    first, again, single = run(2), run(2), run(1)
+    for a, b, c in zip(first, again, single):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+
+
+def test_poisoned_outputs_are_fully_written():
+    # FUSIONSEG_POISON_OUTPUTS=1 makes the kernel NaN-fill outputs before writing them; it is read
+    # once per process, hence the subprocess.
+    code = (
+        "import torch, sys; sys.path.insert(0, %r)\n"
+        "import fusionseg_kernels as fk\n"
+        "from helpers import make_input, make_op_args, assert_matches_reference, PLANE_KERNELS\n"
+        "for shape, gc, k in [((2, 16, 7, 9, 13), 2, None), ((1, 20, 5, 3, 40), 5, PLANE_KERNELS)]:\n"
+        "    x = make_input(shape, dtype=torch.float32)\n"
+        "    args = make_op_args(shape[1], gc, k, dtype=torch.float32) if k else make_op_args(shape[1], gc, dtype=torch.float32)\n"
+        "    assert_matches_reference(lambda *a: fk.inception_dwconv3d(*a, backend='cpu'), x, args)\n"
+        "print('poison-ok')\n" % os.path.dirname(__file__)
+    )
+    env = dict(os.environ, FUSIONSEG_POISON_OUTPUTS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "poison-ok" in out.stdout
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(0, 2),
+    gc=st.integers(0, 6),
+    extra=st.integers(0, 5),
+    d=st.integers(1, 9),
+    h=st.integers(1, 12),
+    w=st.integers(1, 40),
+    plane=st.booleans(),
+    bias=st.booleans(),
+)
+def test_matches_reference_hypothesis(n, gc, extra, d, h, w, plane, bias):
+    C = 4 * gc + extra
+    if C == 0:
+        C = 1
+    x = make_input((n, C, d, h, w), dtype=torch.float64)
+    args = make_op_args(C, gc, PLANE_KERNELS if plane else STRIP_KERNELS, bias=bias)
+    if n == 0:
+        assert cpu_op(x, *args).shape == x.shape
+        return
+    assert_matches_reference(cpu_op, x, args)
