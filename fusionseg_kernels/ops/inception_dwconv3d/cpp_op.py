@@ -11,6 +11,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from ..._extension import extension_available
+from .validation import check_args
 
 REGISTERED = False
 
@@ -32,6 +33,7 @@ def _register() -> None:
     @torch.library.register_fake("fusionseg::inception_dwconv3d_forward")
     def _forward_fake(x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias,
                       d_weight, d_bias):
+        check_args(x, (cube_weight, w_weight, h_weight, d_weight), (cube_bias, w_bias, h_bias, d_bias))
         return torch.empty_like(x)
 
     @torch.library.register_fake("fusionseg::inception_dwconv3d_backward")
