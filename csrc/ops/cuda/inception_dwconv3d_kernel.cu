@@ -118,26 +118,40 @@ __device__ __forceinline__ TileOrigin decode_tile(const IdcLaunch& L, int g, int
   return o;
 }
 
-// sm[dd][hh][ww] = src[d0+dd][h0+hh][w0+ww] (0 outside the volume), as Acc. One warp per row,
-// lanes along W: coalesced global reads.
+// sm[dd][hh][ww] = src[d0+dd][h0+hh][w0+ww] (0 outside the volume), as Acc. Rows of the
+// tile go to warps, lanes run along W (coalesced); each warp takes kRowsInFlight rows at once
+// so every thread has that many independent global loads in flight before it stores.
+constexpr int kRowsInFlight = 4;
+
 template <typename T, typename Acc>
 __device__ __forceinline__ void load_tile(const T* __restrict__ src, Acc* __restrict__ sm, int d0,
                                           int h0, int w0, int nd, int nh, int nw, int D, int H,
                                           int W) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int rows = nd * nh;
-  for (int row = warp; row < rows; row += kWarps) {
-    const int dd = row / nh, hh = row - dd * nh;
-    const int gd = d0 + dd, gh = h0 + hh;
-    Acc* srow = sm + static_cast<int64_t>(row) * nw;
-    if (gd >= 0 && gd < D && gh >= 0 && gh < H) {
-      const T* grow = src + (static_cast<int64_t>(gd) * H + gh) * W;
-      for (int w = lane; w < nw; w += 32) {
-        const int gw = w0 + w;
-        srow[w] = (gw >= 0 && gw < W) ? static_cast<Acc>(grow[gw]) : Acc(0);
+  for (int row0 = warp; row0 < rows; row0 += kWarps * kRowsInFlight) {
+    int64_t goff[kRowsInFlight];  // offset of the row in src, -1: outside the volume
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const int row = row0 + u * kWarps;
+      const int dd = row / nh, hh = row - dd * nh;
+      const int gd = d0 + dd, gh = h0 + hh;
+      goff[u] = (row < rows && gd >= 0 && gd < D && gh >= 0 && gh < H)
+                    ? (static_cast<int64_t>(gd) * H + gh) * W
+                    : int64_t(-1);
+    }
+    for (int w = lane; w < nw; w += 32) {
+      const int gw = w0 + w;
+      const bool w_in = gw >= 0 && gw < W;
+      Acc v[kRowsInFlight];
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u)
+        v[u] = (w_in && goff[u] >= 0) ? static_cast<Acc>(src[goff[u] + gw]) : Acc(0);
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        const int row = row0 + u * kWarps;
+        if (row < rows) sm[row * nw + w] = v[u];
       }
-    } else {
-      for (int w = lane; w < nw; w += 32) srow[w] = Acc(0);
     }
   }
 }
