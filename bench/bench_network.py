@@ -262,6 +262,7 @@ def environment(device: str) -> dict:
         "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_VARS},
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": os.getloadavg(),  # other processes on a shared machine skew CPU times
     }
 
 
@@ -314,6 +315,8 @@ def main(argv=None) -> int:
                                 "results": res})
         _print_case("training step", dtype, [2, 1, *args.train_patch], res)
         del x, target
+    result["environment"]["loadavg_end"] = os.getloadavg()
+    print(f"load average at start {result['environment']['loadavg_start']}, at end {os.getloadavg()}")
     out = args.out or RESULTS / f"network_{args.device}_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -325,11 +328,16 @@ def main(argv=None) -> int:
 
 def _print_case(case, dtype, shape, res):
     print(f"\n{case}, {dtype}, input {tuple(shape)}")
-    print(f"  {'backend':<10} {'median s':>9} {'min s':>8} {'speedup':>8} {'IDC share':>10}")
+    print(f"  {'backend':<10} {'median s':>9} {'min s':>8} {'speedup':>8} {'IDC share':>10} {'IDC s':>7} "
+          f"{'profiled s':>10}")
     for b, r in res.items():
-        share = r.get("profile", {}).get("idc_share")
-        share_s = f"{100 * share:9.1f}%" if share is not None else f"{'-':>10}"
-        print(f"  {b:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['speedup_vs_reference']:7.2f}x {share_s}")
+        prof = r.get("profile")
+        if prof and prof["idc_share"] is not None:
+            idc_s = (prof["idc_forward_us"] + prof["idc_backward_us"]) / 1e6
+            extra = f"{100 * prof['idc_share']:9.1f}% {idc_s:7.3f} {prof['step_profiled_us'] / 1e6:10.3f}"
+        else:
+            extra = f"{'-':>10} {'-':>7} {'-':>10}"
+        print(f"  {b:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['speedup_vs_reference']:7.2f}x {extra}")
     sys.stdout.flush()
 
 
