@@ -187,3 +187,15 @@ def test_backward_op_returns_weight_and_bias_grads_directly():
         assert rel_l2(got, want) < 1e-5
     # outputs are distinct tensors (custom ops must not return aliases)
     assert len({t.data_ptr() for t in out}) == 9
+
+
+def test_run_kernels_with_a_given_config_matches_the_op():
+    # the path bench_gpu_kernels.py --precompile uses to compile configs in parallel
+    x = make_input((1, 9, 3, 5, 4), dtype=torch.float32)
+    args = make_op_args(9, 2, dtype=torch.float32)
+    gy = make_input(x.shape, dtype=x.dtype, seed=5)
+    y, gx, gw, gb = triton_impl.run_kernels_with_config(x, args, gy, triton_impl.CONFIGS[0])
+    ref_y, ref = reference_outputs(x, args, gy)
+    assert rel_l2(y, ref_y) < 1e-5 and rel_l2(gx, ref[0]) < 1e-5
+    for i in range(4):
+        assert rel_l2(gw[i], ref[1 + 2 * i]) < 1e-5 and rel_l2(gb[i], ref[2 + 2 * i]) < 1e-5

@@ -18,9 +18,10 @@ Kernels (design notes in docs/triton.md):
 - any strides (contiguous, channels_last_3d, sliced views): the kernels take x's and y's strides,
   and y is allocated like x (torch.empty_like), so no .contiguous() copy is made.
 - 64-bit offsets when the largest element offset could reach 2**31.
-- autotuned over a few tile shapes keyed on (C, D, H, W, dtype); with TRITON_INTERPRET=1 a single
-  fixed config (the interpreter cannot autotune). The variable is read when this module is
-  imported: set it before importing fusionseg_kernels.
+- autotuned over a few tile shapes keyed on (C, D, H, W, dtype) (results cached per process, so
+  a network's 28 calls tune once per shape); with TRITON_INTERPRET=1 a single fixed config (the
+  interpreter cannot autotune). TRITON_INTERPRET and FUSIONSEG_TRITON_AUTOTUNE are read when
+  this module is imported: set them before importing fusionseg_kernels.
 """
 from __future__ import annotations
 
@@ -45,23 +46,37 @@ _INT32_LIMIT = 2**31 - 1
 _empty_like = torch.empty_like
 
 # Tiles (BLOCK_C channels of one group) x (BLOCK_D, BLOCK_H, BLOCK_W) voxels for sm_80..sm_90,
-# 2048-4096 elements per program. W is the contiguous axis: a tile row of 32-128 elements is
-# 64-512 bytes per load; the halo of the 11-long bands is re-read from L1/L2, not from DRAM.
-# Channel blocks serve the deep layers whose volumes are smaller than one tile.
+# 2048 elements per program. W is the contiguous axis: a tile row of 16-128 elements is 32-512
+# bytes per load; the halo of the 11-long bands is re-read from L1/L2, not from DRAM. Channel
+# blocks serve the deep layers whose volumes are smaller than one tile. Kept small: every
+# config is compiled (per dtype) before the autotuner can time it.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 8, "BLOCK_W": 128}, num_warps=4),
     triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=8),
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 8, "BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
     triton.Config({"BLOCK_C": 4, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
-    triton.Config({"BLOCK_C": 8, "BLOCK_D": 4, "BLOCK_H": 4, "BLOCK_W": 16}, num_warps=4),
 ]
 # Interpreter: one config with large blocks, so the small test shapes take few programs (each
 # Triton operation costs the interpreter about a millisecond, whatever the block size).
 _INTERPRETER_CONFIGS = [
     triton.Config({"BLOCK_C": 4, "BLOCK_D": 8, "BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4)]
-CONFIGS = _INTERPRETER_CONFIGS if INTERPRET else _GPU_CONFIGS
+# FUSIONSEG_TRITON_AUTOTUNE=0: the first GPU config only (no tuning; a quarter of the compiles),
+# used by bench/gpu_check.sh for the GPU tests; the sweep tunes and checks every result.
+AUTOTUNE = os.environ.get("FUSIONSEG_TRITON_AUTOTUNE", "1") != "0"
+if INTERPRET:
+    CONFIGS = _INTERPRETER_CONFIGS
+elif AUTOTUNE:
+    CONFIGS = _GPU_CONFIGS
+else:
+    CONFIGS = _GPU_CONFIGS[:1]
 AUTOTUNE_KEY = ["C", "D", "H", "W"]  # Triton's autotuner adds the tensor arguments' dtypes
+
+
+def _autotune_bench(kernel_call, quantiles):
+    # Shorter than Triton's default (25 ms warm-up, 100 ms timing per config): the 28 layer
+    # shapes x 3 dtypes x 2 kernels are tuned once per process, and the medians still separate
+    # configs that differ by more than a few percent.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
 
 
 def available() -> tuple[bool, str]:
@@ -121,38 +136,20 @@ def _program_coords(pid, D, H, W, IDENT, GC, BLOCK_C: tl.constexpr, BLOCK_D: tl.
 
 
 @triton.jit
-def _tap_mask(mask, offs_d, offs_h, offs_w, D, H, W, SD: tl.constexpr, SH: tl.constexpr,
-              SW: tl.constexpr):
-    """Where the tile's voxel is valid and (d + SD, h + SH, w + SW) is inside the volume (zero
-    padding elsewhere). Only the bound a shift can cross is tested, by comparing the unshifted
-    index with a shifted scalar bound (no index arithmetic on the tile)."""
-    m = mask
-    if SD > 0:
-        m = m & (offs_d < D - SD)
-    if SD < 0:
-        m = m & (offs_d >= -SD)
-    if SH > 0:
-        m = m & (offs_h < H - SH)
-    if SH < 0:
-        m = m & (offs_h >= -SH)
-    if SW > 0:
-        m = m & (offs_w < W - SW)
-    if SW < 0:
-        m = m & (offs_w >= -SW)
-    return m
+def _axis_ok(offs, size, shift):
+    """offs + shift inside [0, size), tested on the small per-axis index vector."""
+    return (offs >= -shift) & (offs < size - shift)
 
 
 @triton.jit
-def _tap_shift(sd, sh, sw, SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr):
-    """Element offset of the tap (SD, SH, SW) for strides (sd, sh, sw); zero shifts cost nothing."""
-    off = 0
-    if SD != 0:
-        off += SD * sd
-    if SH != 0:
-        off += SH * sh
-    if SW != 0:
-        off += SW * sw
-    return off
+def _w_tap_mask(m_dh, offs_w, W, SW: tl.constexpr):
+    """m_dh restricted to w + SW inside [0, W); only the bound the shift can cross is tested."""
+    if SW > 0:
+        return m_dh & (offs_w < W - SW)
+    elif SW < 0:
+        return m_dh & (offs_w >= -SW)
+    else:
+        return m_dh
 
 
 # The interpreter (triton 3.8) truncates float32 -> bfloat16 casts instead of rounding to nearest
@@ -172,9 +169,11 @@ def _to_output(v, out_ty: tl.constexpr):
 
 
 @triton.jit
-def _sum_spatial(v):
-    """[BC, BD, BH, BW] -> [BC]."""
-    return tl.sum(tl.sum(tl.sum(v, axis=3), axis=2), axis=1)
+def _sum_spatial(v, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_W: tl.constexpr):
+    """[BC, BD, BH, BW] -> [BC] as one reduction (a third of the code of three nested ones,
+    which matters: the backward kernel has one per tap)."""
+    return tl.sum(tl.reshape(v, [BLOCK_C, BLOCK_D * BLOCK_H * BLOCK_W], can_reorder=True), axis=1)
 
 
 @triton.jit
@@ -182,22 +181,30 @@ def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs
                D, H, W, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
                BLOCK_W: tl.constexpr):
-    """y = bias + sum over taps t = (kd, kh, kw) of w[t] * x[d + kd - KD//2, h + kh - KH//2, w + kw - KW//2]."""
+    """y = bias + sum over taps (kd, kh, kw) of w * x[d + kd - KD//2, h + kh - KH//2, w + kw - KW//2].
+
+    The (kd, kh) taps are a loop (masks and offsets computed once per row of taps), the kw taps
+    along the contiguous axis are unrolled (constant offsets fold into the loads). This keeps the
+    code, and the compile time, small for planes and long bands."""
     acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
     acc = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty) + bias
-    for kd in tl.static_range(KD):
-        for kh in tl.static_range(KH):
+    for kd in range(KD):
+        sd = kd - KD // 2
+        m_d = mask & _axis_ok(offs_d, D, sd)
+        for kh in range(KH):
+            sh = kh - KH // 2
+            m_dh = m_d & _axis_ok(offs_h, H, sh)
+            p_dh = x_tile + (sd * sxd + sh * sxh)
+            w_tap = w_rows + (kd * KH + kh) * KW
             for kw in tl.static_range(KW):
-                m = _tap_mask(mask, offs_d, offs_h, offs_w, D, H, W, kd - KD // 2, kh - KH // 2,
-                              kw - KW // 2)
-                v = tl.load(x_tile + _tap_shift(sxd, sxh, sxw, kd - KD // 2, kh - KH // 2,
-                                                kw - KW // 2), mask=m, other=0.0)
-                acc += v.to(acc_ty) * tl.load(w_rows + ((kd * KH + kh) * KW + kw))
+                m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
+                v = tl.load(p_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
+                acc += v.to(acc_ty) * tl.load(w_tap + kw)
     tl.store(y_tile, _to_output(acc, y_tile.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY)
-@triton.jit
+@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, do_bench=_autotune_bench)
+@triton.jit(do_not_specialize=["C", "D", "H", "W", "IDENT", "GC", "w_stride"])
 def _idc_forward_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr,
     C, D, H, W, IDENT, GC, w_stride,
@@ -245,32 +252,39 @@ def _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w
                         BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
                         BLOCK_W: tl.constexpr):
     """dx = dy convolved with the flipped kernel; the tile's partial dW[t] = sum dy * x(shifted by
-    tap t) goes to part_rows[t], its partial db = sum dy to part_rows[T] (T = KD*KH*KW)."""
+    tap t) goes to part_rows[t], its partial db = sum dy to part_rows[T] (T = KD*KH*KW).
+    Loop structure as in _conv_tile."""
     T: tl.constexpr = KD * KH * KW
     acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
     g_c = tl.load(g_tile, mask=mask, other=0.0).to(acc_ty)
     dx = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty)
     row_ok = tl.reshape(ch_ok, [BLOCK_C])
-    for kd in tl.static_range(KD):
-        for kh in tl.static_range(KH):
+    for kd in range(KD):
+        sd = kd - KD // 2
+        m_d = mask & _axis_ok(offs_d, D, sd)
+        for kh in range(KH):
+            sh = kh - KH // 2
+            m_dh = m_d & _axis_ok(offs_h, H, sh)
+            pg_dh = g_tile + (sd * sgd + sh * sgh)
+            px_dh = x_tile + (sd * sxd + sh * sxh)
+            t0 = (kd * KH + kh) * KW
             for kw in tl.static_range(KW):
-                m = _tap_mask(mask, offs_d, offs_h, offs_w, D, H, W, kd - KD // 2, kh - KH // 2,
-                              kw - KW // 2)
-                g_s = tl.load(g_tile + _tap_shift(sgd, sgh, sgw, kd - KD // 2, kh - KH // 2,
-                                                  kw - KW // 2), mask=m, other=0.0)
-                x_s = tl.load(x_tile + _tap_shift(sxd, sxh, sxw, kd - KD // 2, kh - KH // 2,
-                                                  kw - KW // 2), mask=m, other=0.0)
+                m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
+                g_s = tl.load(pg_dh + (kw - KW // 2) * sgw, mask=m, other=0.0)
+                x_s = tl.load(px_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
                 # y[p] = sum_t w[t] x[p + s_t]  =>  dx[q] = sum_t w[T-1-t] dy[q + s_t]
                 # (the flipped kernel: tap T-1-t has the opposite shift of tap t)
-                dx += g_s.to(acc_ty) * tl.load(w_rows + (T - 1 - ((kd * KH + kh) * KW + kw)))
-                tl.store(part_rows + ((kd * KH + kh) * KW + kw),
-                         _sum_spatial(g_c * x_s.to(acc_ty)), mask=row_ok)
+                dx += g_s.to(acc_ty) * tl.load(w_rows + (T - 1 - (t0 + kw)))
+                tl.store(part_rows + (t0 + kw),
+                         _sum_spatial(g_c * x_s.to(acc_ty), BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W),
+                         mask=row_ok)
     tl.store(dx_tile, _to_output(dx, dx_tile.dtype.element_ty), mask=mask)
-    tl.store(part_rows + T, _sum_spatial(g_c), mask=row_ok)
+    tl.store(part_rows + T, _sum_spatial(g_c, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W), mask=row_ok)
 
 
-@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY)
-@triton.jit
+@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, do_bench=_autotune_bench)
+@triton.jit(do_not_specialize=["N", "C", "D", "H", "W", "IDENT", "GC", "w_stride", "max_tiles",
+                               "part_stride"])
 def _idc_backward_kernel(
     g_ptr, x_ptr, dx_ptr, w_ptr, part_ptr,
     N, C, D, H, W, IDENT, GC, w_stride, max_tiles, part_stride,
@@ -390,30 +404,68 @@ def _grid_size(N, C, gc, D, H, W, meta):
     return N * blocks * _n_tiles(D, H, W, meta)
 
 
-@torch.library.triton_op(FORWARD_OP, mutates_args=())
-def _forward_op(x: Tensor, cube_weight: Tensor, cube_bias: Optional[Tensor], w_weight: Tensor,
-                w_bias: Optional[Tensor], h_weight: Tensor, h_bias: Optional[Tensor],
-                d_weight: Tensor, d_bias: Optional[Tensor]) -> Tensor:
-    weights = (cube_weight, w_weight, h_weight, d_weight)
-    biases = (cube_bias, w_bias, h_bias, d_bias)
+def _forward_launch_args(x, y, weights, biases):
+    """(grid, positional args, keyword args) of _idc_forward_kernel for y = op(x)."""
     N, C, D, H, W = x.shape
-    gc = cube_weight.shape[0]
-    y = _empty_like(x)
-    if x.numel() == 0:
-        return y
+    gc = weights[0].shape[0]
     w_table, t_max = _pack_weights(weights, x.dtype, x.device)
     b_table = _pack_biases(biases, gc, x.dtype, x.device)
 
     def grid(meta):
         return (_grid_size(N, C, gc, D, H, W, meta),)
 
-    _launch(_idc_forward_kernel)[grid](
-        x, y, w_table, b_table,
-        C, D, H, W, C - 4 * gc, gc, t_max,
-        *x.stride(), *y.stride(),
-        *_kernel_sizes(weights),
-        INT64=_needs_int64(x, y),
-    )
+    args = (x, y, w_table, b_table, C, D, H, W, C - 4 * gc, gc, t_max, *x.stride(), *y.stride(),
+            *_kernel_sizes(weights))
+    return grid, args, {"INT64": _needs_int64(x, y)}
+
+
+def _backward_launch_args(grad_y, x, grad_x, weights, configs):
+    """(grid, args, kwargs, partials, t_max) of _idc_backward_kernel; `configs` sizes the partials."""
+    N, C, D, H, W = x.shape
+    gc = weights[0].shape[0]
+    w_table, t_max = _pack_weights(weights, x.dtype, x.device)
+    max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in configs)
+    part_stride = t_max + 1  # a group with T taps fills slots 0..T-1 (dW) and T (db)
+    # Every element is written by the kernel (a partial or an explicit zero): no memset needed.
+    partials = torch.empty((4 * gc, N * max_tiles, part_stride), dtype=w_table.dtype,
+                           device=x.device)
+
+    def grid(meta):
+        return (_grid_size(N, C, gc, D, H, W, meta),)
+
+    args = (grad_y, x, grad_x, w_table, partials, N, C, D, H, W, C - 4 * gc, gc, t_max, max_tiles,
+            part_stride, *grad_y.stride(), *x.stride(), *grad_x.stride(), *_kernel_sizes(weights))
+    kwargs = {"TAPS_P": triton.next_power_of_2(part_stride),
+              "INT64": _needs_int64(grad_y, x, grad_x)}
+    return grid, args, kwargs, partials, t_max
+
+
+def _finish_weight_grads(partials, weights, t_max):
+    """Second stage: a fixed-order sum over batch and tiles (torch's reduction is deterministic)."""
+    gc = weights[0].shape[0]
+    sums = partials.sum(dim=1)  # (4*gc, t_max + 1) in the accumulation dtype
+    grad_w, grad_b = [], []
+    for g, w in enumerate(weights):
+        taps = math.prod(w.shape[2:])
+        rows = sums[g * gc:(g + 1) * gc]
+        # clone: custom-op outputs must not alias each other (they are views of `sums`)
+        grad_w.append(rows[:, :taps].to(w.dtype).clone(memory_format=torch.contiguous_format)
+                      .view(w.shape))
+        grad_b.append(rows[:, taps].to(w.dtype).clone(memory_format=torch.contiguous_format))
+    return grad_w, grad_b
+
+
+@torch.library.triton_op(FORWARD_OP, mutates_args=())
+def _forward_op(x: Tensor, cube_weight: Tensor, cube_bias: Optional[Tensor], w_weight: Tensor,
+                w_bias: Optional[Tensor], h_weight: Tensor, h_bias: Optional[Tensor],
+                d_weight: Tensor, d_bias: Optional[Tensor]) -> Tensor:
+    weights = (cube_weight, w_weight, h_weight, d_weight)
+    biases = (cube_bias, w_bias, h_bias, d_bias)
+    y = _empty_like(x)
+    if x.numel() == 0:
+        return y
+    grid, args, kwargs = _forward_launch_args(x, y, weights, biases)
+    _launch(_idc_forward_kernel)[grid](*args, **kwargs)
     return y
 
 
@@ -427,43 +479,35 @@ def _backward_op(grad_y: Tensor, x: Tensor, cube_weight: Tensor, w_weight: Tenso
                  h_weight: Tensor, d_weight: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     weights = (cube_weight, w_weight, h_weight, d_weight)
-    N, C, D, H, W = x.shape
     gc = cube_weight.shape[0]
     grad_x = _empty_like(x)
-    taps = [math.prod(w.shape[2:]) for w in weights]
     if x.numel() == 0 or gc == 0:
         if x.numel() > 0:  # gc == 0: the op is the identity
             grad_x.copy_(grad_y)
         grad_w = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in weights]
         grad_b = [w.new_zeros((gc,)) for w in weights]
         return (grad_x, *grad_w, *grad_b)
-    w_table, t_max = _pack_weights(weights, x.dtype, x.device)
-    max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in CONFIGS)
-    part_stride = t_max + 1  # a group with T taps fills slots 0..T-1 (dW) and T (db)
-    # Every element is written by the kernel (a partial or an explicit zero): no memset needed.
-    partials = torch.empty((4 * gc, N * max_tiles, part_stride), dtype=w_table.dtype,
-                           device=x.device)
-
-    def grid(meta):
-        return (_grid_size(N, C, gc, D, H, W, meta),)
-
-    _launch(_idc_backward_kernel)[grid](
-        grad_y, x, grad_x, w_table, partials,
-        N, C, D, H, W, C - 4 * gc, gc, t_max, max_tiles, part_stride,
-        *grad_y.stride(), *x.stride(), *grad_x.stride(),
-        *_kernel_sizes(weights),
-        TAPS_P=triton.next_power_of_2(part_stride), INT64=_needs_int64(grad_y, x, grad_x),
-    )
-    # Second stage: a fixed-order sum over batch and tiles (torch's reduction is deterministic).
-    sums = partials.sum(dim=1)  # (4*gc, t_max + 1), float32
-    grad_w, grad_b = [], []
-    for g, w in enumerate(weights):
-        rows = sums[g * gc:(g + 1) * gc]
-        # clone: custom-op outputs must not alias each other (they are views of `sums`)
-        grad_w.append(rows[:, :taps[g]].to(w.dtype).clone(memory_format=torch.contiguous_format)
-                      .view(w.shape))
-        grad_b.append(rows[:, taps[g]].to(w.dtype).clone(memory_format=torch.contiguous_format))
+    grid, args, kwargs, partials, t_max = _backward_launch_args(grad_y, x, grad_x, weights, CONFIGS)
+    _launch(_idc_backward_kernel)[grid](*args, **kwargs)
+    grad_w, grad_b = _finish_weight_grads(partials, weights, t_max)
     return (grad_x, *grad_w, *grad_b)
+
+
+def run_kernels_with_config(x, args, grad_y, config):
+    """Forward and backward kernels launched with one given config, bypassing the autotuner
+    (same specialization and options as its launches, so Triton's on-disk cache is shared).
+    Used to compile the configs in parallel processes (bench_gpu_kernels.py --precompile).
+    args: the op's eight weight/bias arguments. Returns (y, grad_x, grad weights, grad biases)."""
+    weights, biases = tuple(args[0::2]), tuple(args[1::2])
+    y = torch.empty_like(x)
+    grid, fargs, kwargs = _forward_launch_args(x, y, weights, biases)
+    _idc_forward_kernel.fn[grid](*fargs, **kwargs, **config.all_kwargs())
+    grad_x = torch.empty_like(x)
+    grid, bargs, kwargs, partials, t_max = _backward_launch_args(grad_y, x, grad_x, weights,
+                                                                 [config])
+    _idc_backward_kernel.fn[grid](*bargs, **kwargs, **config.all_kwargs())
+    grad_w, grad_b = _finish_weight_grads(partials, weights, t_max)
+    return y, grad_x, grad_w, grad_b
 
 
 @_backward_op.register_fake
