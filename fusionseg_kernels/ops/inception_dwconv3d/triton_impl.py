@@ -366,7 +366,8 @@ def _acc_dtype(dtype):
 def _pack_weights(weights, dtype, device):
     """(4*gc, T_max) table in the accumulation dtype (float32; float64 for float64 inputs): each
     weight rounded to x's dtype first (the op's contract), flattened in (kd, kh, kw) order."""
-    t_max = max(math.prod(w.shape[2:]) for w in weights)
+    # int(): kernel sizes are constexprs anyway (a guard, not a symbol, under dynamic shapes)
+    t_max = int(max(math.prod(w.shape[2:]) for w in weights))
     gc = weights[0].shape[0]
     if gc == 0:
         return torch.zeros(1, 1, dtype=_acc_dtype(dtype), device=device), t_max
