@@ -199,3 +199,25 @@ def test_run_kernels_with_a_given_config_matches_the_op():
     assert rel_l2(y, ref_y) < 1e-5 and rel_l2(gx, ref[0]) < 1e-5
     for i in range(4):
         assert rel_l2(gw[i], ref[1 + 2 * i]) < 1e-5 and rel_l2(gb[i], ref[2 + 2 * i]) < 1e-5
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # hypothesis is a test extra; the fixed cases above still run
+    given = None
+
+if given is not None:
+    _odd = st.sampled_from([1, 3, 5])
+
+    @settings(max_examples=4, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(n=st.integers(1, 2), gc=st.integers(1, 3), identity=st.integers(0, 3),
+           d=st.integers(1, 7), h=st.integers(1, 7), w=st.integers(1, 12),
+           cube=_odd, band=st.sampled_from([1, 3, 7, 11]), bias=st.booleans())
+    def test_random_shapes_and_kernels_match_reference(n, gc, identity, d, h, w, cube, band, bias):
+        kernels = ((cube, cube, cube), (1, 1, band), (1, band, 1), (band, 1, 1))
+        channels = identity + 4 * gc
+        x = make_input((n, channels, d, h, w), dtype=torch.float32)
+        args = make_op_args(channels, gc, kernels=kernels, dtype=torch.float32, bias=bias)
+        assert_matches_reference(triton_op, x, args)
