@@ -9,9 +9,11 @@ with fake kernels, autograd, FLOP formulas and an AutocastCUDA rule (the op runs
 dtype, like the C++ op pair).
 
 Kernels (design notes in docs/triton.md):
-- one launch per pass; program = (n, c, spatial tile of BLOCK_D x BLOCK_H x BLOCK_W). The channel
-  decides the work: identity channels copy their tile, conv channels run their group's taps
-  (kernel sizes are constexprs, so each group's loops unroll). No split, no cat, no intermediate.
+- one launch per pass; program = (n, block of BLOCK_C channels of one group, tile of
+  BLOCK_D x BLOCK_H x BLOCK_W voxels). The channels decide the work: identity channels copy
+  their tile, conv channels run their group's taps (kernel sizes are constexprs; the (kd, kh)
+  taps are a loop, the kw taps along the contiguous axis are unrolled). No split, no cat, no
+  intermediate tensor.
 - backward: one pass on dy. dx = the conv with the flipped kernel (identity: dx = dy); in the same
   pass each program writes fp32 partial sums of dW (one per tap) and db for its tile; a fixed-order
   torch.sum over tiles and batch finishes them. No float atomics, so results are deterministic.
