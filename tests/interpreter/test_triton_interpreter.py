@@ -221,3 +221,28 @@ if given is not None:
         x = make_input((n, channels, d, h, w), dtype=torch.float32)
         args = make_op_args(channels, gc, kernels=kernels, dtype=torch.float32, bias=bias)
         assert_matches_reference(triton_op, x, args)
+
+
+def test_partials_rows_unused_by_the_running_config_are_zeroed():
+    """The autotuner runs several configs on one partials buffer, sized for the config with the
+    most tiles: a config with fewer tiles must zero the rows it does not own. Pre-fill the buffer
+    with NaN, size it for a small-tile config, run the (large-tile) interpreter config."""
+    import triton
+
+    x = make_input((2, 9, 5, 6, 7), dtype=torch.float32)
+    args = make_op_args(9, 2, dtype=torch.float32)
+    gy = make_input(x.shape, dtype=x.dtype, seed=5)
+    weights = tuple(args[0::2])
+    cfg = triton_impl.CONFIGS[0]
+    small = triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=4)
+    gx = torch.empty_like(x)
+    grid, bargs, kwargs, partials, t_max = triton_impl._backward_launch_args(
+        gy, x, gx, weights, [cfg, small])
+    assert partials.shape[1] == 2 * 3 * 3 * 2  # N * max tiles: the small config's 3 x 3 x 2
+    partials.fill_(float("nan"))
+    triton_impl._idc_backward_kernel.fn[grid](*bargs, **kwargs, **cfg.all_kwargs())
+    grad_w, grad_b = triton_impl._finish_weight_grads(partials, weights, t_max)
+    _, ref = reference_outputs(x, args, gy)
+    assert rel_l2(gx, ref[0]) < 1e-5
+    for i in range(4):
+        assert rel_l2(grad_w[i], ref[1 + 2 * i]) < 1e-5 and rel_l2(grad_b[i], ref[2 + 2 * i]) < 1e-5
