@@ -27,11 +27,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <torch/library.h>
+#ifndef FUSIONSEG_CUDA_EMULATION
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
-#include <torch/library.h>
+#endif
 
 #include <array>
 #include <cstdint>
@@ -43,8 +45,23 @@
 #include "fusionseg/inception_dwconv3d.h"
 #include "fusionseg/inception_dwconv3d_cuda_tiling.h"
 
+// FUSIONSEG_CUDA_EMULATION: tests/cuda_emulation compiles this file as C++ and runs each block's
+// threads as CPU threads (barriers for __syncthreads, exchanges for shuffles) to check the kernels'
+// logic on machines without a GPU. Only launches, dynamic shared memory and the runtime queries
+// differ between the two builds.
+#ifdef FUSIONSEG_CUDA_EMULATION
+#define FUSIONSEG_DYNAMIC_SMEM(name) unsigned char* name = ::fusionseg_emulation::dynamic_smem()
+#define FUSIONSEG_LAUNCH(kernel, blocks, smem, stream, ...) \
+  ::fusionseg_emulation::launch(kernel, blocks, kThreads, smem, __VA_ARGS__)
+#else
+#define FUSIONSEG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define FUSIONSEG_LAUNCH(kernel, blocks, smem, stream, ...) \
+  kernel<<<blocks, kThreads, smem, stream>>>(__VA_ARGS__)
+#endif
+
 namespace fusionseg {
 
+#ifndef FUSIONSEG_CUDA_EMULATION
 // Reported through build_info(): the CUDA runtime the library was compiled with and the
 // architectures nvcc compiled device code for (__CUDA_ARCH_LIST__, e.g. 800,860,890,900).
 std::string cuda_build_info_json() {
@@ -59,6 +76,7 @@ std::string cuda_build_info_json() {
   s << "]}";
   return s.str();
 }
+#endif
 
 namespace {
 
@@ -408,7 +426,7 @@ template <typename T, typename Acc, class S0, class S1, class S2, class S3>
 __global__ void __launch_bounds__(kThreads)
     idc_conv_kernel(const T* __restrict__ in, T* __restrict__ out,
                     const Acc* __restrict__ weights, const __grid_constant__ IdcLaunch L) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSIONSEG_DYNAMIC_SMEM(smem_raw);
   Acc* sm = reinterpret_cast<Acc*>(smem_raw);
   const int64_t b = blockIdx.x;
   if (b < L.id_blocks) {
@@ -431,7 +449,7 @@ __global__ void __launch_bounds__(kThreads)
     idc_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
                         const Acc* __restrict__ weights, Acc* __restrict__ partials,
                         const __grid_constant__ IdcLaunch L) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSIONSEG_DYNAMIC_SMEM(smem_raw);
   Acc* sm = reinterpret_cast<Acc*>(smem_raw);
   const int64_t b = blockIdx.x;
   if (b < L.id_blocks) {
@@ -454,7 +472,7 @@ __global__ void __launch_bounds__(kThreads)
     idc_weight_grad_generic_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                    Acc* __restrict__ partials, const __grid_constant__ IdcLaunch L) {
   using S = GenericSpec;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSIONSEG_DYNAMIC_SMEM(smem_raw);
   Acc* sm = reinterpret_cast<Acc*>(smem_raw);
   const int64_t b = blockIdx.x;  // this launch has no identity blocks
   const int g = b < L.g[0].block_end ? 0 : b < L.g[1].block_end ? 1 : b < L.g[2].block_end ? 2 : 3;
@@ -562,11 +580,15 @@ size_t group_smem_bytes(const GroupTile& t, Mode mode, size_t acc_size) {
 // (Queried through the runtime, not ATen's CUDAContext.h, which needs the cuBLAS/cuSPARSE
 // headers that a minimal toolkit lacks.)
 size_t smem_limit() {
+#ifdef FUSIONSEG_CUDA_EMULATION
+  const size_t optin = ::fusionseg_emulation::smem_optin();
+#else
   int device = 0, optin_int = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(
       cudaDeviceGetAttribute(&optin_int, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const size_t optin = static_cast<size_t>(optin_int);
+#endif
   constexpr size_t kStaticReserve = 8 * 1024;
   return optin > kStaticReserve ? optin - kStaticReserve : optin;
 }
@@ -665,11 +687,21 @@ at::Tensor pack_weights(IdcLaunch& L, const std::array<at::Tensor, 4>& weights,
   return at::cat(parts).contiguous();
 }
 
+#ifdef FUSIONSEG_CUDA_EMULATION
+int current_stream() { return 0; }
+#else
+c10::cuda::CUDAStream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+#endif
+
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t smem) {
+#ifdef FUSIONSEG_CUDA_EMULATION
+  ::fusionseg_emulation::check_dynamic_smem(smem);
+#else
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
+#endif
 }
 
 bool is_aligned16(const void* a, const void* b) {
@@ -693,19 +725,19 @@ void launch_conv(const at::Tensor& in, at::Tensor& out, const IdcConfig& cfg,
   const at::Tensor packed =
       pack_weights(L, weights, biases, in.scalar_type(), c10::CppTypeToScalarType<Acc>::value);
   if (L.total_blocks == 0) return;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   const T* src = in.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
   const Acc* w = packed.const_data_ptr<Acc>();
   if (strips) {
     auto kernel = idc_conv_kernel<T, Acc, CubeSpec, WBandSpec, HBandSpec, DBandSpec>;
     allow_smem(kernel, smem);
-    kernel<<<static_cast<unsigned>(L.total_blocks), kThreads, smem, stream>>>(src, dst, w, L);
+    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream, src, dst, w, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     auto kernel = idc_conv_kernel<T, Acc, GenericSpec, GenericSpec, GenericSpec, GenericSpec>;
     allow_smem(kernel, smem);
-    kernel<<<static_cast<unsigned>(L.total_blocks), kThreads, smem, stream>>>(src, dst, w, L);
+    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream, src, dst, w, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -721,7 +753,7 @@ at::Tensor launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor
   const int64_t N = x.size(0);
   const int D = int(x.size(2)), H = int(x.size(3)), W = int(x.size(4));
   const bool strips = uses_strip_kernels(cfg);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   const std::array<std::optional<at::Tensor>, 4> no_bias = {};
   size_t smem = 0;
   IdcLaunch L;
@@ -734,7 +766,7 @@ at::Tensor launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor
     partials = at::empty({partials_size(L)}, x.options().dtype(acc_dtype));
     auto kernel = idc_backward_kernel<T, Acc, CubeSpec, WBandSpec, HBandSpec, DBandSpec>;
     allow_smem(kernel, smem);
-    kernel<<<static_cast<unsigned>(L.total_blocks), kThreads, smem, stream>>>(
+    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream,
         dy.const_data_ptr<T>(), x.const_data_ptr<T>(), dx.mutable_data_ptr<T>(),
         packed.const_data_ptr<Acc>(), partials.mutable_data_ptr<Acc>(), L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -745,14 +777,14 @@ at::Tensor launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor
     partials = at::empty({partials_size(L)}, x.options().dtype(acc_dtype));
     auto kernel = idc_weight_grad_generic_kernel<T, Acc>;
     allow_smem(kernel, smem);
-    kernel<<<static_cast<unsigned>(L.total_blocks), kThreads, smem, stream>>>(
+    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream,
         dy.const_data_ptr<T>(), x.const_data_ptr<T>(), partials.mutable_data_ptr<Acc>(), L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   at::Tensor reduced = at::empty({reduced_size(L)}, x.options().dtype(acc_dtype));
-  idc_weight_grad_reduce_kernel<Acc>
-      <<<static_cast<unsigned>(kNumConvGroups * cfg.gc), kThreads, 0, stream>>>(
-          partials.const_data_ptr<Acc>(), reduced.mutable_data_ptr<Acc>(), L);
+  auto reduce_kernel = idc_weight_grad_reduce_kernel<Acc>;
+  FUSIONSEG_LAUNCH(reduce_kernel, static_cast<unsigned>(kNumConvGroups * cfg.gc), 0, stream,
+                   partials.const_data_ptr<Acc>(), reduced.mutable_data_ptr<Acc>(), L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   *plan_out = L;
   return reduced;
@@ -772,9 +804,17 @@ at::Tensor match_layout(const at::Tensor& contiguous_result, const at::Tensor& l
   return out;
 }
 
+#ifdef FUSIONSEG_CUDA_EMULATION
+#define FUSIONSEG_DEVICE_GUARD(x) (void)0
+#else
+#define FUSIONSEG_DEVICE_GUARD(x) const c10::cuda::CUDAGuard device_guard((x).device())
+#endif
+
 void check_cuda_input(const at::Tensor& x) {
+#ifndef FUSIONSEG_CUDA_EMULATION
   TORCH_CHECK(x.is_cuda(), "the cuda backend of inception_dwconv3d needs CUDA tensors, got a "
               "tensor on ", x.device());
+#endif
   for (int a = 2; a < 5; ++a)
     TORCH_CHECK(x.size(a) < (int64_t(1) << 30), "inception_dwconv3d (cuda): spatial size ",
                 x.size(a), " along dimension ", a, " is too large");
@@ -788,7 +828,7 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& cube_weight,
   const IdcConfig cfg = check_inception_dwconv3d_args(x, cube_weight, cube_bias, w_weight, w_bias,
                                                       h_weight, h_bias, d_weight, d_bias);
   check_cuda_input(x);
-  const c10::cuda::CUDAGuard guard(x.device());
+  FUSIONSEG_DEVICE_GUARD(x);
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty_like(xc, at::MemoryFormat::Contiguous);
   poison(y);
@@ -815,7 +855,7 @@ backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& c
               grad_y.device(), " but the input is on ", x.device());
   TORCH_CHECK(grad_y.sizes() == x.sizes(), "inception_dwconv3d backward: grad_y has shape ",
               grad_y.sizes(), " but the input has shape ", x.sizes());
-  const c10::cuda::CUDAGuard guard(x.device());
+  FUSIONSEG_DEVICE_GUARD(x);
   const at::Tensor xc = x.contiguous();
   const at::Tensor gyc = grad_y.to(x.scalar_type()).contiguous();
   at::Tensor gx = at::empty_like(xc, at::MemoryFormat::Contiguous);
@@ -854,7 +894,12 @@ backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& c
 }  // namespace
 }  // namespace fusionseg
 
+#ifdef FUSIONSEG_CUDA_EMULATION
+// The emulation library holds no CPU kernel: its CPU key runs these kernels on CPU threads.
+TORCH_LIBRARY_IMPL(fusionseg, CPU, m) {
+#else
 TORCH_LIBRARY_IMPL(fusionseg, CUDA, m) {
+#endif
   m.impl("inception_dwconv3d_forward", &fusionseg::forward_cuda);
   m.impl("inception_dwconv3d_backward", &fusionseg::backward_cuda);
 }
