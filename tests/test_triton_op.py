@@ -310,17 +310,22 @@ def test_kernels_compile_for_hopper_and_ada_without_a_gpu():
 
     strips = (3, 3, 3, 1, 1, 11, 1, 11, 1, 11, 1, 1)
     cfg = triton_impl._GPU_CONFIGS[0]
+    finish = {"T0": 27, "T1": 11, "T2": 11, "T3": 11, "TAPS_P": 32, "ROWS_BLOCK": 32}
     for kernel, extra, dtype, arch in (
             (triton_impl._idc_forward_kernel, {"INT64": False}, "bf16", 90),
-            (triton_impl._idc_backward_kernel, {"INT64": True, "TAPS_P": 32}, "fp16", 89)):
-        fn = kernel.fn
-        consts = dict(cfg.kwargs, **extra)
-        consts.update(zip([f"K{g}{a}" for g in range(4) for a in "DHW"], strips))
+            (triton_impl._idc_backward_kernel, {"INT64": True, "TAPS_P": 32}, "fp16", 89),
+            (triton_impl._idc_weight_grad_kernel, finish, "bf16", 90)):
+        autotuned = isinstance(kernel, triton.runtime.Autotuner)
+        fn = kernel.fn if autotuned else kernel
+        consts = dict(extra)
+        if autotuned:  # tile sizes and kernel sizes are constexprs
+            consts.update(cfg.kwargs)
+            consts.update(zip([f"K{g}{a}" for g in range(4) for a in "DHW"], strips))
         sig = {}
         for name in fn.arg_names:
             if name in consts:
                 sig[name] = "constexpr"
-            elif name in ("x_ptr", "y_ptr", "g_ptr", "dx_ptr"):
+            elif name in ("x_ptr", "y_ptr", "g_ptr", "dx_ptr") or name[:2] in ("gw", "gb"):
                 sig[name] = "*" + dtype
             elif name.endswith("_ptr"):
                 sig[name] = "*fp32"

@@ -179,7 +179,21 @@ def _sum_spatial(v, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.co
 
 
 @triton.jit
-def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+def _group_params(p_ptr, g, ch, ch_ok, GC, BOFF0, BOFF1, BOFF2, BOFF3,
+                  T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, T3: tl.constexpr):
+    """Weight rows and biases of channels ch of group g in the parameter table: the four
+    weights flattened one after the other (gc * T_g values each), then the biases given
+    (BOFFg: offset of group g's gc biases, -1 for None)."""
+    t_g = tl.where(g == 0, T0, tl.where(g == 1, T1, tl.where(g == 2, T2, T3)))
+    w_off = GC * tl.where(g == 0, 0, tl.where(g == 1, T0, tl.where(g == 2, T0 + T1, T0 + T1 + T2)))
+    b_off = tl.where(g == 0, BOFF0, tl.where(g == 1, BOFF1, tl.where(g == 2, BOFF2, BOFF3)))
+    w_rows = p_ptr + (w_off + ch * t_g)
+    bias = tl.load(p_ptr + (b_off + ch), mask=ch_ok & (b_off >= 0), other=0.0)
+    return w_rows, bias
+
+
+@triton.jit
+def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_h, offs_w, mask,
                D, H, W, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
                BLOCK_W: tl.constexpr):
@@ -201,15 +215,18 @@ def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs
             for kw in tl.static_range(KW):
                 m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
                 v = tl.load(p_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
-                acc += v.to(acc_ty) * tl.load(w_tap + kw)
+                # masked: rows of channels past the group's end (a partial channel block)
+                # would read past the parameter table
+                acc += v.to(acc_ty) * tl.load(w_tap + kw, mask=ch_ok, other=0.0)
     tl.store(y_tile, _to_output(acc, y_tile.dtype.element_ty), mask=mask)
 
 
 @triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, do_bench=_autotune_bench)
-@triton.jit(do_not_specialize=["C", "D", "H", "W", "IDENT", "GC", "w_stride"])
+@triton.jit(do_not_specialize=["C", "D", "H", "W", "IDENT", "GC", "BOFF0", "BOFF1", "BOFF2",
+                               "BOFF3"])
 def _idc_forward_kernel(
-    x_ptr, y_ptr, w_ptr, b_ptr,
-    C, D, H, W, IDENT, GC, w_stride,
+    x_ptr, y_ptr, p_ptr,
+    C, D, H, W, IDENT, GC, BOFF0, BOFF1, BOFF2, BOFF3,
     sxn, sxc, sxd, sxh, sxw, syn, syc, syd, syh, syw,
     K0D: tl.constexpr, K0H: tl.constexpr, K0W: tl.constexpr,
     K1D: tl.constexpr, K1H: tl.constexpr, K1W: tl.constexpr,
@@ -230,20 +247,20 @@ def _idc_forward_kernel(
     if is_identity:
         tl.store(y_tile, tl.load(x_tile, mask=mask), mask=mask)
     else:
-        cc = g * GC + ch  # row of the packed (4*gc, w_stride) weight table
-        w_rows = w_ptr + cc * w_stride
-        bias = tl.load(b_ptr + cc, mask=ch_ok, other=0.0)
+        w_rows, bias = _group_params(p_ptr, g, ch, ch_ok, GC, BOFF0, BOFF1, BOFF2, BOFF3,
+                                     K0D * K0H * K0W, K1D * K1H * K1W, K2D * K2H * K2W,
+                                     K3D * K3H * K3W)
         if g == 0:
-            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_h, offs_w, mask,
                        D, H, W, K0D, K0H, K0W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
         elif g == 1:
-            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_h, offs_w, mask,
                        D, H, W, K1D, K1H, K1W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
         elif g == 2:
-            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_h, offs_w, mask,
                        D, H, W, K2D, K2H, K2W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
         else:
-            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, offs_d, offs_h, offs_w, mask,
+            _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_h, offs_w, mask,
                        D, H, W, K3D, K3H, K3W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
 
 
@@ -276,7 +293,7 @@ def _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w
                 x_s = tl.load(px_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
                 # y[p] = sum_t w[t] x[p + s_t]  =>  dx[q] = sum_t w[T-1-t] dy[q + s_t]
                 # (the flipped kernel: tap T-1-t has the opposite shift of tap t)
-                dx += g_s.to(acc_ty) * tl.load(w_rows + (T - 1 - (t0 + kw)))
+                dx += g_s.to(acc_ty) * tl.load(w_rows + (T - 1 - (t0 + kw)), mask=ch_ok, other=0.0)
                 tl.store(part_rows + (t0 + kw),
                          _sum_spatial(g_c * x_s.to(acc_ty), BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W),
                          mask=row_ok)
@@ -285,11 +302,10 @@ def _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w
 
 
 @triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, do_bench=_autotune_bench)
-@triton.jit(do_not_specialize=["N", "C", "D", "H", "W", "IDENT", "GC", "w_stride", "max_tiles",
-                               "part_stride"])
+@triton.jit(do_not_specialize=["N", "C", "D", "H", "W", "IDENT", "GC", "max_tiles", "part_stride"])
 def _idc_backward_kernel(
-    g_ptr, x_ptr, dx_ptr, w_ptr, part_ptr,
-    N, C, D, H, W, IDENT, GC, w_stride, max_tiles, part_stride,
+    g_ptr, x_ptr, dx_ptr, p_ptr, part_ptr,
+    N, C, D, H, W, IDENT, GC, max_tiles, part_stride,
     sgn, sgc, sgd, sgh, sgw, sxn, sxc, sxd, sxh, sxw, sdn, sdc, sdd, sdh, sdw,
     K0D: tl.constexpr, K0H: tl.constexpr, K0W: tl.constexpr,
     K1D: tl.constexpr, K1H: tl.constexpr, K1W: tl.constexpr,
@@ -314,7 +330,9 @@ def _idc_backward_kernel(
     else:
         cc = g * GC + ch  # [BC, 1, 1, 1]
         x_tile = x_ptr + n * sxn + (c * sxc + offs_d * sxd + offs_h * sxh + offs_w * sxw)
-        w_rows = w_ptr + cc * w_stride
+        w_rows, _ = _group_params(p_ptr, g, ch, ch_ok, GC, -1, -1, -1, -1,
+                                  K0D * K0H * K0W, K1D * K1H * K1W, K2D * K2H * K2W,
+                                  K3D * K3H * K3W)
         row0 = (tl.reshape(cc, [BLOCK_C]) * N + n) * max_tiles  # [BC]
         part_rows = part_ptr + (row0 + tile) * part_stride
         slots = tl.arange(0, TAPS_P)[None, :]
@@ -338,6 +356,42 @@ def _idc_backward_kernel(
             _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
                                 part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
                                 K3D, K3H, K3W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+
+
+@triton.jit
+def _store_group_grads(gw_ptr, gb_ptr, ch, acc, slots, T: tl.constexpr):
+    # slots past T summed columns no program of this group writes: zero them before the cast
+    w_vals = tl.where(slots < T, acc, 0.0)
+    tl.store(gw_ptr + ch * T + slots, _to_output(w_vals, gw_ptr.dtype.element_ty), mask=slots < T)
+    tl.store(gb_ptr + ch, _to_output(tl.sum(tl.where(slots == T, acc, 0.0)), gb_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["GC", "rows", "part_stride"])
+def _idc_weight_grad_kernel(part_ptr, gw0, gw1, gw2, gw3, gb0, gb1, gb2, gb3, GC, rows,
+                            part_stride, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+                            T3: tl.constexpr, TAPS_P: tl.constexpr, ROWS_BLOCK: tl.constexpr):
+    """Second stage of dW/db: program cc sums its conv channel's partial rows (all samples and
+    tiles) in a fixed order and writes the weight and bias gradients in the weights' dtype.
+    Deterministic: no atomics, the same order every run."""
+    cc = tl.program_id(0)
+    g = cc // GC
+    ch = cc % GC
+    slots = tl.arange(0, TAPS_P)
+    acc = tl.zeros([TAPS_P], dtype=part_ptr.dtype.element_ty)
+    base = part_ptr + cc.to(tl.int64) * rows * part_stride
+    for r0 in range(0, rows, ROWS_BLOCK):
+        r = r0 + tl.arange(0, ROWS_BLOCK)[:, None]
+        v = tl.load(base + r * part_stride + slots[None, :],
+                    mask=(r < rows) & (slots[None, :] < part_stride), other=0.0)
+        acc += tl.sum(v, axis=0)
+    if g == 0:
+        _store_group_grads(gw0, gb0, ch, acc, slots, T0)
+    elif g == 1:
+        _store_group_grads(gw1, gb1, ch, acc, slots, T1)
+    elif g == 2:
+        _store_group_grads(gw2, gb2, ch, acc, slots, T2)
+    else:
+        _store_group_grads(gw3, gb3, ch, acc, slots, T3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,27 +419,25 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _pack_weights(weights, dtype, device):
-    """(4*gc, T_max) table in the accumulation dtype (float32; float64 for float64 inputs): each
-    weight rounded to x's dtype first (the op's contract), flattened in (kd, kh, kw) order."""
-    # int(): kernel sizes are constexprs anyway (a guard, not a symbol, under dynamic shapes)
-    t_max = int(max(math.prod(w.shape[2:]) for w in weights))
+def _param_table(weights, biases, dtype, device):
+    """One flat table in the accumulation dtype (float32; float64 for float64 inputs): the four
+    weights flattened in (kd, kh, kw) order, then the biases given; every value rounded to x's
+    dtype first (the op's contract). One cat and at most two casts: few launches per call.
+    Returns (table, bias offsets per group, -1 for None)."""
     gc = weights[0].shape[0]
-    if gc == 0:
-        return torch.zeros(1, 1, dtype=_acc_dtype(dtype), device=device), t_max
-    rows = []
-    for w in weights:
-        flat = w.detach().to(dtype).to(_acc_dtype(dtype)).reshape(gc, -1)
-        rows.append(torch.nn.functional.pad(flat, (0, t_max - flat.shape[1])))
-    return torch.cat(rows).contiguous(), t_max
-
-
-def _pack_biases(biases, gc, dtype, device):
-    if gc == 0:
-        return torch.zeros(1, dtype=_acc_dtype(dtype), device=device)
-    parts = [torch.zeros(gc, dtype=_acc_dtype(dtype), device=device) if b is None
-             else b.detach().to(dtype).to(_acc_dtype(dtype)) for b in biases]
-    return torch.cat(parts).contiguous()
+    parts = [w.detach().reshape(-1) for w in weights]
+    offsets, at = [], gc * sum(math.prod(w.shape[2:]) for w in weights)
+    for b in biases:
+        if b is None:
+            offsets.append(-1)
+        else:
+            parts.append(b.detach().reshape(-1))
+            offsets.append(at)
+            at += gc
+    if at == 0:  # gc == 0: the kernels never read it, but a pointer must be valid
+        return torch.zeros(1, dtype=_acc_dtype(dtype), device=device), offsets
+    table = torch.cat(parts).to(dtype).to(_acc_dtype(dtype))
+    return table, offsets
 
 
 def _needs_int64(*tensors) -> bool:
@@ -411,13 +463,12 @@ def _forward_launch_args(x, y, weights, biases):
     """(grid, positional args, keyword args) of _idc_forward_kernel for y = op(x)."""
     N, C, D, H, W = x.shape
     gc = weights[0].shape[0]
-    w_table, t_max = _pack_weights(weights, x.dtype, x.device)
-    b_table = _pack_biases(biases, gc, x.dtype, x.device)
+    table, bias_offsets = _param_table(weights, biases, x.dtype, x.device)
 
     def grid(meta):
         return (_grid_size(N, C, gc, D, H, W, meta),)
 
-    args = (x, y, w_table, b_table, C, D, H, W, C - 4 * gc, gc, t_max, *x.stride(), *y.stride(),
+    args = (x, y, table, C, D, H, W, C - 4 * gc, gc, *bias_offsets, *x.stride(), *y.stride(),
             *_kernel_sizes(weights))
     return grid, args, {"INT64": _needs_int64(x, y)}
 
@@ -426,36 +477,34 @@ def _backward_launch_args(grad_y, x, grad_x, weights, configs):
     """(grid, args, kwargs, partials, t_max) of _idc_backward_kernel; `configs` sizes the partials."""
     N, C, D, H, W = x.shape
     gc = weights[0].shape[0]
-    w_table, t_max = _pack_weights(weights, x.dtype, x.device)
+    table, _ = _param_table(weights, (None,) * 4, x.dtype, x.device)
+    # int(): kernel sizes are constexprs anyway (a guard, not a symbol, under dynamic shapes)
+    t_max = int(max(math.prod(w.shape[2:]) for w in weights))
     max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in configs)
     part_stride = t_max + 1  # a group with T taps fills slots 0..T-1 (dW) and T (db)
     # Every element is written by the kernel (a partial or an explicit zero): no memset needed.
-    partials = torch.empty((4 * gc, N * max_tiles, part_stride), dtype=w_table.dtype,
+    partials = torch.empty((4 * gc, N * max_tiles, part_stride), dtype=table.dtype,
                            device=x.device)
 
     def grid(meta):
         return (_grid_size(N, C, gc, D, H, W, meta),)
 
-    args = (grad_y, x, grad_x, w_table, partials, N, C, D, H, W, C - 4 * gc, gc, t_max, max_tiles,
+    args = (grad_y, x, grad_x, table, partials, N, C, D, H, W, C - 4 * gc, gc, max_tiles,
             part_stride, *grad_y.stride(), *x.stride(), *grad_x.stride(), *_kernel_sizes(weights))
     kwargs = {"TAPS_P": triton.next_power_of_2(part_stride),
               "INT64": _needs_int64(grad_y, x, grad_x)}
     return grid, args, kwargs, partials, t_max
 
 
-def _finish_weight_grads(partials, weights, t_max):
-    """Second stage: a fixed-order sum over batch and tiles (torch's reduction is deterministic)."""
+def _weight_grad_launch_args(partials, weights):
+    """(grid, args, kwargs, grad weights, grad biases) of the second stage of dW/db."""
     gc = weights[0].shape[0]
-    sums = partials.sum(dim=1)  # (4*gc, t_max + 1) in the accumulation dtype
-    grad_w, grad_b = [], []
-    for g, w in enumerate(weights):
-        taps = math.prod(w.shape[2:])
-        rows = sums[g * gc:(g + 1) * gc]
-        # clone: custom-op outputs must not alias each other (they are views of `sums`)
-        grad_w.append(rows[:, :taps].to(w.dtype).clone(memory_format=torch.contiguous_format)
-                      .view(w.shape))
-        grad_b.append(rows[:, taps].to(w.dtype).clone(memory_format=torch.contiguous_format))
-    return grad_w, grad_b
+    grad_w = [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weights]
+    grad_b = [torch.empty((gc,), dtype=w.dtype, device=w.device) for w in weights]
+    taps = [int(math.prod(w.shape[2:])) for w in weights]
+    args = (partials, *grad_w, *grad_b, gc, partials.shape[1], partials.shape[2], *taps)
+    kwargs = {"TAPS_P": triton.next_power_of_2(partials.shape[2]), "ROWS_BLOCK": 32}
+    return (4 * gc,), args, kwargs, grad_w, grad_b
 
 
 @torch.library.triton_op(FORWARD_OP, mutates_args=())
@@ -490,9 +539,10 @@ def _backward_op(grad_y: Tensor, x: Tensor, cube_weight: Tensor, w_weight: Tenso
         grad_w = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in weights]
         grad_b = [w.new_zeros((gc,)) for w in weights]
         return (grad_x, *grad_w, *grad_b)
-    grid, args, kwargs, partials, t_max = _backward_launch_args(grad_y, x, grad_x, weights, CONFIGS)
+    grid, args, kwargs, partials, _ = _backward_launch_args(grad_y, x, grad_x, weights, CONFIGS)
     _launch(_idc_backward_kernel)[grid](*args, **kwargs)
-    grad_w, grad_b = _finish_weight_grads(partials, weights, t_max)
+    grid, args, kwargs, grad_w, grad_b = _weight_grad_launch_args(partials, weights)
+    _launch(_idc_weight_grad_kernel)[grid](*args, **kwargs)
     return (grad_x, *grad_w, *grad_b)
 
 
@@ -506,10 +556,10 @@ def run_kernels_with_config(x, args, grad_y, config):
     grid, fargs, kwargs = _forward_launch_args(x, y, weights, biases)
     _idc_forward_kernel.fn[grid](*fargs, **kwargs, **config.all_kwargs())
     grad_x = torch.empty_like(x)
-    grid, bargs, kwargs, partials, t_max = _backward_launch_args(grad_y, x, grad_x, weights,
-                                                                 [config])
+    grid, bargs, kwargs, partials, _ = _backward_launch_args(grad_y, x, grad_x, weights, [config])
     _idc_backward_kernel.fn[grid](*bargs, **kwargs, **config.all_kwargs())
-    grad_w, grad_b = _finish_weight_grads(partials, weights, t_max)
+    grid, wargs, kwargs, grad_w, grad_b = _weight_grad_launch_args(partials, weights)
+    _idc_weight_grad_kernel[grid](*wargs, **kwargs)
     return y, grad_x, grad_w, grad_b
 
 
