@@ -32,10 +32,7 @@ struct GroupTile {
   int64_t tiles = 0;        // tiles per (n, channel)
   int64_t block_begin = 0;  // this group's blocks are [block_begin, block_end) of the grid
   int64_t block_end = 0;
-  int64_t w_off = 0;        // offset of this group's weights in the packed weight array
-  int64_t b_off = -1;       // offset of its biases there, -1: no bias
   int64_t part_off = 0;     // offset of its weight-gradient partials (backward)
-  int64_t out_off = 0;      // offset of its reduced weight/bias gradients (backward)
 
   FUSIONSEG_HOST_DEVICE int64_t halo_elems() const { return int64_t(hd) * hh * hw; }
   FUSIONSEG_HOST_DEVICE int64_t tile_elems() const { return int64_t(td) * th * tw; }

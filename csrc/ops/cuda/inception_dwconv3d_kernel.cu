@@ -97,6 +97,22 @@ using DBandSpec = ConvSpec<11, 1, 1, kAxisD, 8>;
 constexpr int kGenericR = 4;
 using GenericSpec = ConvSpec<0, 0, 0, kAxisD, kGenericR>;
 
+// The weights and biases as the kernels read them: in x's dtype (SPEC §2), contiguous, converted
+// to the accumulation type on load. No packed copy: the common case (weights already in x's
+// dtype) costs no extra launch.
+template <typename T>
+struct IdcWeights {
+  const T* w[kNumConvGroups];  // (gc, kvol)
+  const T* b[kNumConvGroups];  // (gc), nullptr: no bias
+};
+
+// Where the reduction writes the weight and bias gradients, in the accumulation type.
+template <typename Acc>
+struct IdcGradOut {
+  Acc* w[kNumConvGroups];  // (gc, kvol)
+  Acc* b[kNumConvGroups];  // (gc)
+};
+
 constexpr std::array<std::array<int64_t, 3>, kNumConvGroups> kStripKernels = {
     {{3, 3, 3}, {1, 1, 11}, {1, 11, 1}, {11, 1, 1}}};
 
@@ -259,8 +275,8 @@ __device__ __forceinline__ void store_outputs(T* __restrict__ out, const IdcLaun
 // out = bias + conv(in, w) (w flipped when L.flip) on one tile of one (n, channel).
 template <typename T, typename Acc, class S>
 __device__ __forceinline__ void conv_tile(const T* __restrict__ in, T* __restrict__ out,
-                                          const Acc* __restrict__ weights, const IdcLaunch& L,
-                                          int g, Acc* __restrict__ sm) {
+                                          const IdcWeights<T>& Wt, const IdcLaunch& L, int g,
+                                          Acc* __restrict__ sm) {
   const GroupTile& G = L.g[g];
   const TileOrigin o = decode_tile(L, g, blockIdx.x);
   const int kd = S::kStatic ? S::KD : G.kd;
@@ -269,8 +285,8 @@ __device__ __forceinline__ void conv_tile(const T* __restrict__ in, T* __restric
   const int kvol = kd * kh * kw;
   load_tile(in + o.chan_offset, sm, o.d0 - kd / 2, o.h0 - kh / 2, o.w0 - kw / 2, G.hd, G.hh, G.hw,
             L.D, L.H, L.W);
-  const Acc* __restrict__ wk = weights + G.w_off + o.j * kvol;
-  const Acc bias = G.b_off >= 0 ? weights[G.b_off + o.j] : Acc(0);
+  const T* __restrict__ wk = Wt.w[g] + o.j * kvol;
+  const Acc bias = Wt.b[g] != nullptr ? static_cast<Acc>(Wt.b[g][o.j]) : Acc(0);
   __syncthreads();
   const int t = threadIdx.x;
   if (t >= G.active) return;  // no barrier follows
@@ -288,7 +304,7 @@ __device__ __forceinline__ void conv_tile(const T* __restrict__ in, T* __restric
     constexpr int KC = S::AX == kAxisW ? S::KH : S::KW;
     Acc wr[S::KVOL];
 #pragma unroll
-    for (int q = 0; q < S::KVOL; ++q) wr[q] = wk[L.flip ? S::KVOL - 1 - q : q];
+    for (int q = 0; q < S::KVOL; ++q) wr[q] = static_cast<Acc>(wk[L.flip ? S::KVOL - 1 - q : q]);
     const AxisStrides<S> st(sD, sH);
 #pragma unroll
     for (int ib = 0; ib < KB; ++ib) {
@@ -311,7 +327,7 @@ __device__ __forceinline__ void conv_tile(const T* __restrict__ in, T* __restric
     for (int i = 0; i < kd; ++i)
       for (int j = 0; j < kh; ++j)
         for (int tt = 0; tt < kw; ++tt, ++tap) {
-          const Acc wv = wk[L.flip ? kvol - 1 - tap : tap];
+          const Acc wv = static_cast<Acc>(wk[L.flip ? kvol - 1 - tap : tap]);
           const Acc* p = base + i * sD + j * sH + tt;
 #pragma unroll
           for (int r = 0; r < S::R; ++r) acc[r] += wv * p[r * sD];
@@ -346,7 +362,7 @@ __device__ __forceinline__ void block_sum_store(const Acc (&v)[NQ], Acc* __restr
 // dW[tap] = sum_o dy[o] * x[o + tap - k//2] and db = sum_o dy[o]. Static shapes only.
 template <typename T, typename Acc, class S>
 __device__ __forceinline__ void backward_tile(const T* __restrict__ dy, const T* __restrict__ x,
-                                              T* __restrict__ dx, const Acc* __restrict__ weights,
+                                              T* __restrict__ dx, const IdcWeights<T>& Wt,
                                               Acc* __restrict__ partials, const IdcLaunch& L,
                                               int g, Acc* __restrict__ sm) {
   static_assert(S::kStatic, "the fused backward needs compile-time kernel sizes");
@@ -363,10 +379,10 @@ __device__ __forceinline__ void backward_tile(const T* __restrict__ dy, const T*
             L.W);
   load_tile(x + o.chan_offset, sx, o.d0 - pd, o.h0 - ph, o.w0 - pw, G.hd, G.hh, G.hw, L.D, L.H,
             L.W);
-  const Acc* __restrict__ wk = weights + G.w_off + o.j * S::KVOL;
+  const T* __restrict__ wk = Wt.w[g] + o.j * S::KVOL;
   Acc wr[S::KVOL];  // flipped
 #pragma unroll
-  for (int q = 0; q < S::KVOL; ++q) wr[q] = wk[S::KVOL - 1 - q];
+  for (int q = 0; q < S::KVOL; ++q) wr[q] = static_cast<Acc>(wk[S::KVOL - 1 - q]);
   __syncthreads();
 
   Acc gsum[NQ];
@@ -425,20 +441,20 @@ __device__ __forceinline__ void backward_tile(const T* __restrict__ dy, const T*
 template <typename T, typename Acc, class S0, class S1, class S2, class S3>
 __global__ void __launch_bounds__(kThreads)
     idc_conv_kernel(const T* __restrict__ in, T* __restrict__ out,
-                    const Acc* __restrict__ weights, const __grid_constant__ IdcLaunch L) {
+                    const __grid_constant__ IdcWeights<T> Wt, const __grid_constant__ IdcLaunch L) {
   FUSIONSEG_DYNAMIC_SMEM(smem_raw);
   Acc* sm = reinterpret_cast<Acc*>(smem_raw);
   const int64_t b = blockIdx.x;
   if (b < L.id_blocks) {
     identity_copy<T>(in, out, L, b);
   } else if (b < L.g[0].block_end) {
-    conv_tile<T, Acc, S0>(in, out, weights, L, 0, sm);
+    conv_tile<T, Acc, S0>(in, out, Wt, L, 0, sm);
   } else if (b < L.g[1].block_end) {
-    conv_tile<T, Acc, S1>(in, out, weights, L, 1, sm);
+    conv_tile<T, Acc, S1>(in, out, Wt, L, 1, sm);
   } else if (b < L.g[2].block_end) {
-    conv_tile<T, Acc, S2>(in, out, weights, L, 2, sm);
+    conv_tile<T, Acc, S2>(in, out, Wt, L, 2, sm);
   } else {
-    conv_tile<T, Acc, S3>(in, out, weights, L, 3, sm);
+    conv_tile<T, Acc, S3>(in, out, Wt, L, 3, sm);
   }
 }
 
@@ -447,7 +463,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, typename Acc, class S0, class S1, class S2, class S3>
 __global__ void __launch_bounds__(kThreads)
     idc_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
-                        const Acc* __restrict__ weights, Acc* __restrict__ partials,
+                        const __grid_constant__ IdcWeights<T> Wt, Acc* __restrict__ partials,
                         const __grid_constant__ IdcLaunch L) {
   FUSIONSEG_DYNAMIC_SMEM(smem_raw);
   Acc* sm = reinterpret_cast<Acc*>(smem_raw);
@@ -455,13 +471,13 @@ __global__ void __launch_bounds__(kThreads)
   if (b < L.id_blocks) {
     identity_copy<T>(dy, dx, L, b);
   } else if (b < L.g[0].block_end) {
-    backward_tile<T, Acc, S0>(dy, x, dx, weights, partials, L, 0, sm);
+    backward_tile<T, Acc, S0>(dy, x, dx, Wt, partials, L, 0, sm);
   } else if (b < L.g[1].block_end) {
-    backward_tile<T, Acc, S1>(dy, x, dx, weights, partials, L, 1, sm);
+    backward_tile<T, Acc, S1>(dy, x, dx, Wt, partials, L, 1, sm);
   } else if (b < L.g[2].block_end) {
-    backward_tile<T, Acc, S2>(dy, x, dx, weights, partials, L, 2, sm);
+    backward_tile<T, Acc, S2>(dy, x, dx, Wt, partials, L, 2, sm);
   } else {
-    backward_tile<T, Acc, S3>(dy, x, dx, weights, partials, L, 3, sm);
+    backward_tile<T, Acc, S3>(dy, x, dx, Wt, partials, L, 3, sm);
   }
 }
 
@@ -529,7 +545,8 @@ __global__ void __launch_bounds__(kThreads)
 // all samples and tiles in a fixed order (in double), one warp per gradient entry.
 template <typename Acc>
 __global__ void __launch_bounds__(kThreads)
-    idc_weight_grad_reduce_kernel(const Acc* __restrict__ partials, Acc* __restrict__ out,
+    idc_weight_grad_reduce_kernel(const Acc* __restrict__ partials,
+                                  const __grid_constant__ IdcGradOut<Acc> out,
                                   const __grid_constant__ IdcLaunch L) {
   const int64_t cc = blockIdx.x;
   const int g = static_cast<int>(cc / L.gc);
@@ -543,7 +560,12 @@ __global__ void __launch_bounds__(kThreads)
     double s = 0;
     for (int64_t k = lane; k < slots; k += 32) s += static_cast<double>(p[k * nq + q]);
     s = warp_sum(s);
-    if (lane == 0) out[G.out_off + j * nq + q] = static_cast<Acc>(s);
+    if (lane == 0) {
+      if (q < G.kvol)
+        out.w[g][j * G.kvol + q] = static_cast<Acc>(s);
+      else
+        out.b[g][j] = static_cast<Acc>(s);
+    }
   }
 }
 
@@ -636,7 +658,7 @@ IdcLaunch plan_launch(const IdcConfig& cfg, int64_t N, int D, int H, int W, Mode
     L.id_blocks_per_n = (cfg.identity * L.DHW + L.id_chunk - 1) / L.id_chunk;
     L.id_blocks = N * L.id_blocks_per_n;
   }
-  int64_t next = L.id_blocks, part = 0, out = 0;
+  int64_t next = L.id_blocks, part = 0;
   for (int g = 0; g < kNumConvGroups; ++g) {
     GroupTile& t = L.g[g];
     t.block_begin = next;
@@ -644,8 +666,6 @@ IdcLaunch plan_launch(const IdcConfig& cfg, int64_t N, int D, int H, int W, Mode
     next = t.block_end;
     t.part_off = part;
     part += cfg.gc * N * t.tiles * (t.kvol + 1);
-    t.out_off = out;
-    out += cfg.gc * (t.kvol + 1);
   }
   L.total_blocks = next;
   TORCH_CHECK(L.total_blocks <= std::numeric_limits<int32_t>::max(),
@@ -659,32 +679,24 @@ int64_t partials_size(const IdcLaunch& L) {
   return t.part_off + L.gc * L.N * t.tiles * (t.kvol + 1);
 }
 
-int64_t reduced_size(const IdcLaunch& L) {
-  const GroupTile& t = L.g[kNumConvGroups - 1];
-  return t.out_off + L.gc * (t.kvol + 1);
-}
-
-// The four weights (cast to x's dtype, then to the accumulation dtype, flattened) followed by
-// the biases that are given; records the offsets in L.
-at::Tensor pack_weights(IdcLaunch& L, const std::array<at::Tensor, 4>& weights,
-                        const std::array<std::optional<at::Tensor>, 4>& biases,
-                        at::ScalarType x_dtype, at::ScalarType acc_dtype) {
-  std::vector<at::Tensor> parts;
-  int64_t off = 0;
+// The weights and the given biases in x's dtype, contiguous (no copy when they already are);
+// the returned tensors must outlive the launches that read `ptrs`.
+template <typename T>
+std::array<at::Tensor, 2 * kNumConvGroups> weights_in_dtype(
+    const std::array<at::Tensor, 4>& weights, const std::array<std::optional<at::Tensor>, 4>& biases,
+    IdcWeights<T>* ptrs) {
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  std::array<at::Tensor, 2 * kNumConvGroups> keep;
   for (int g = 0; g < kNumConvGroups; ++g) {
-    parts.push_back(weights[g].to(x_dtype).to(acc_dtype).reshape({-1}));
-    L.g[g].w_off = off;
-    off += weights[g].numel();
-  }
-  for (int g = 0; g < kNumConvGroups; ++g) {
-    L.g[g].b_off = -1;
+    keep[g] = weights[g].to(dtype).contiguous();
+    ptrs->w[g] = keep[g].const_data_ptr<T>();
+    ptrs->b[g] = nullptr;
     if (biases[g].has_value() && biases[g]->defined()) {
-      parts.push_back(biases[g]->to(x_dtype).to(acc_dtype).reshape({-1}));
-      L.g[g].b_off = off;
-      off += biases[g]->numel();
+      keep[kNumConvGroups + g] = biases[g]->to(dtype).contiguous();
+      ptrs->b[g] = keep[kNumConvGroups + g].const_data_ptr<T>();
     }
   }
-  return at::cat(parts).contiguous();
+  return keep;
 }
 
 #ifdef FUSIONSEG_CUDA_EMULATION
@@ -722,32 +734,31 @@ void launch_conv(const at::Tensor& in, at::Tensor& out, const IdcConfig& cfg,
   IdcLaunch L = plan_launch(cfg, N, D, H, W, Mode::kConv, strips, sizeof(T), sizeof(Acc),
                             is_aligned16(in.const_data_ptr(), out.const_data_ptr()), &smem);
   L.flip = flip;
-  const at::Tensor packed =
-      pack_weights(L, weights, biases, in.scalar_type(), c10::CppTypeToScalarType<Acc>::value);
   if (L.total_blocks == 0) return;
+  IdcWeights<T> wt{};
+  const auto keep = weights_in_dtype<T>(weights, biases, &wt);
   const auto stream = current_stream();
   const T* src = in.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
-  const Acc* w = packed.const_data_ptr<Acc>();
   if (strips) {
     auto kernel = idc_conv_kernel<T, Acc, CubeSpec, WBandSpec, HBandSpec, DBandSpec>;
     allow_smem(kernel, smem);
-    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream, src, dst, w, L);
+    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream, src, dst, wt, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     auto kernel = idc_conv_kernel<T, Acc, GenericSpec, GenericSpec, GenericSpec, GenericSpec>;
     allow_smem(kernel, smem);
-    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream, src, dst, w, L);
+    FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream, src, dst, wt, L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
-// dx and the weight/bias gradients (reduced, in Acc, laid out per group as [gc][kvol + 1]).
-// dy, x, dx contiguous NCDHW with numel() > 0 and gc > 0.
+// dx and the weight/bias gradients, written by the reduction to `out` (Acc, per group (gc, kvol)
+// and (gc)). dy, x, dx contiguous NCDHW with numel() > 0 and gc > 0.
 template <typename T>
-at::Tensor launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
-                           const IdcConfig& cfg, const std::array<at::Tensor, 4>& weights,
-                           IdcLaunch* plan_out) {
+void launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
+                     const IdcConfig& cfg, const std::array<at::Tensor, 4>& weights,
+                     const IdcGradOut<at::opmath_type<T>>& out) {
   using Acc = at::opmath_type<T>;
   const auto acc_dtype = c10::CppTypeToScalarType<Acc>::value;
   const int64_t N = x.size(0);
@@ -762,13 +773,14 @@ at::Tensor launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor
     L = plan_launch(cfg, N, D, H, W, Mode::kBackwardFused, true, sizeof(T), sizeof(Acc),
                     is_aligned16(dy.const_data_ptr(), dx.const_data_ptr()), &smem);
     L.flip = true;
-    const at::Tensor packed = pack_weights(L, weights, no_bias, x.scalar_type(), acc_dtype);
+    IdcWeights<T> wt{};
+    const auto keep = weights_in_dtype<T>(weights, no_bias, &wt);
     partials = at::empty({partials_size(L)}, x.options().dtype(acc_dtype));
     auto kernel = idc_backward_kernel<T, Acc, CubeSpec, WBandSpec, HBandSpec, DBandSpec>;
     allow_smem(kernel, smem);
     FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream,
-        dy.const_data_ptr<T>(), x.const_data_ptr<T>(), dx.mutable_data_ptr<T>(),
-        packed.const_data_ptr<Acc>(), partials.mutable_data_ptr<Acc>(), L);
+                     dy.const_data_ptr<T>(), x.const_data_ptr<T>(), dx.mutable_data_ptr<T>(), wt,
+                     partials.mutable_data_ptr<Acc>(), L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     launch_conv<T>(dy, dx, cfg, weights, no_bias, /*flip=*/true);
@@ -778,16 +790,14 @@ at::Tensor launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor
     auto kernel = idc_weight_grad_generic_kernel<T, Acc>;
     allow_smem(kernel, smem);
     FUSIONSEG_LAUNCH(kernel, static_cast<unsigned>(L.total_blocks), smem, stream,
-        dy.const_data_ptr<T>(), x.const_data_ptr<T>(), partials.mutable_data_ptr<Acc>(), L);
+                     dy.const_data_ptr<T>(), x.const_data_ptr<T>(),
+                     partials.mutable_data_ptr<Acc>(), L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  at::Tensor reduced = at::empty({reduced_size(L)}, x.options().dtype(acc_dtype));
   auto reduce_kernel = idc_weight_grad_reduce_kernel<Acc>;
   FUSIONSEG_LAUNCH(reduce_kernel, static_cast<unsigned>(kNumConvGroups * cfg.gc), 0, stream,
-                   partials.const_data_ptr<Acc>(), reduced.mutable_data_ptr<Acc>(), L);
+                   partials.const_data_ptr<Acc>(), out, L);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  *plan_out = L;
-  return reduced;
 }
 
 // ------------------------------------------------------------------ op entry points
@@ -862,9 +872,12 @@ backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& c
   poison(gx);
   const std::array<at::Tensor, 4> weights = {cube_weight, w_weight, h_weight, d_weight};
   std::array<at::Tensor, 4> gw, gb;
-  for (int g = 0; g < kNumConvGroups; ++g) {
-    gw[g] = at::zeros(weights[g].sizes(), weights[g].options().memory_format(at::MemoryFormat::Contiguous));
-    gb[g] = at::zeros({cfg.gc}, weights[g].options());
+  const bool has_weight_grads = gx.numel() > 0 && cfg.gc > 0;
+  if (!has_weight_grads) {  // N = 0 or no convolution channels: the gradients are zeros
+    for (int g = 0; g < kNumConvGroups; ++g) {
+      gw[g] = at::zeros(weights[g].sizes(), weights[g].options().memory_format(at::MemoryFormat::Contiguous));
+      gb[g] = at::zeros({cfg.gc}, weights[g].options());
+    }
   }
   if (gx.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -873,17 +886,24 @@ backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& c
             launch_conv<scalar_t>(gyc, gx, cfg, weights, {}, /*flip=*/true);
             return;
           }
-          IdcLaunch L;
-          const at::Tensor reduced = launch_backward<scalar_t>(gyc, xc, gx, cfg, weights, &L);
+          using Acc = at::opmath_type<scalar_t>;
+          const auto acc_dtype = c10::CppTypeToScalarType<Acc>::value;
+          // The reduction writes straight into the returned gradients when the weights are in
+          // the accumulation dtype (fp32 weights: the usual case, autocast included); otherwise
+          // into Acc buffers converted afterwards.
+          std::array<at::Tensor, 4> ow, ob;
+          IdcGradOut<Acc> out{};
           for (int g = 0; g < kNumConvGroups; ++g) {
-            const int64_t kvol = cfg.kernel_volume(g);
-            const at::Tensor r =
-                reduced.narrow(0, L.g[g].out_off, cfg.gc * (kvol + 1)).view({cfg.gc, kvol + 1});
-            gw[g] = r.narrow(1, 0, kvol)
-                        .reshape(weights[g].sizes())
-                        .to(weights[g].scalar_type())
-                        .contiguous();
-            gb[g] = r.select(1, kvol).to(weights[g].scalar_type()).contiguous();
+            const auto opts = weights[g].options().dtype(acc_dtype);
+            ow[g] = at::empty(weights[g].sizes(), opts.memory_format(at::MemoryFormat::Contiguous));
+            ob[g] = at::empty({cfg.gc}, opts);
+            out.w[g] = ow[g].mutable_data_ptr<Acc>();
+            out.b[g] = ob[g].mutable_data_ptr<Acc>();
+          }
+          launch_backward<scalar_t>(gyc, xc, gx, cfg, weights, out);
+          for (int g = 0; g < kNumConvGroups; ++g) {
+            gw[g] = ow[g].to(weights[g].scalar_type());
+            gb[g] = ob[g].to(weights[g].scalar_type());
           }
         });
   }
