@@ -15,8 +15,11 @@ Kernels (design notes in docs/triton.md):
   taps are a loop, the kw taps along the contiguous axis are unrolled). No split, no cat, no
   intermediate tensor.
 - backward: one pass on dy. dx = the conv with the flipped kernel (identity: dx = dy); in the same
-  pass each program writes fp32 partial sums of dW (one per tap) and db for its tile; a fixed-order
-  torch.sum over tiles and batch finishes them. No float atomics, so results are deterministic.
+  pass each program writes fp32 partial sums of dW (one per tap) and db for its tile; a second
+  small kernel sums each channel's partials over tiles and batch in a fixed order and writes the
+  eight gradients. No float atomics, so results are deterministic.
+- weights and biases travel in one flat table (rounded to x's dtype, then float32), built with
+  one cat: few host-side launches per call, which matters for the small deep layers.
 - any strides (contiguous, channels_last_3d, sliced views): the kernels take x's and y's strides,
   and y is allocated like x (torch.empty_like), so no .contiguous() copy is made.
 - 64-bit offsets when the largest element offset could reach 2**31.
