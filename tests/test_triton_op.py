@@ -124,6 +124,24 @@ def test_torch_compile_fullgraph_traces_the_op_on_meta_tensors():
     assert any("triton_inception_dwconv3d_forward" in op for op in graph_ops)
 
 
+def test_public_function_with_backend_triton_traces_fullgraph(monkeypatch):
+    """The public function (argument checks, backend check, the op) compiles in one graph.
+    Meta tensors stand in for CUDA ones: the backend check is told the backend is usable."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    monkeypatch.setattr(triton_impl, "_AVAILABLE", (True, ""))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # lets the backend check accept non-CUDA tensors
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("eager")
+    compiled = torch.compile(lambda x, *a: inception_dwconv3d(x, *a, backend="triton") + 1,
+                             backend=counter, fullgraph=True)
+    x, args = _meta_args((1, 12, 5, 6, 7), 2)
+    y = compiled(x, *args)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad is not None and counter.frame_count == 1
+    torch._dynamo.reset()
+
+
 def test_aot_tracing_exposes_the_kernels_to_the_compiler():
     """Under functionalization (what Inductor sees) the triton_op decomposes into its kernels."""
     from functorch.compile import make_boxed_func

@@ -84,12 +84,16 @@ def _autotune_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
 
 
+# Decided once at import (both inputs are fixed by then), so that available() is a constant
+# when torch.compile traces the public function's backend check.
+_AVAILABLE = ((True, "") if INTERPRET or torch.cuda.is_available() else
+              (False, "the triton backend needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
+                      "importing fusionseg_kernels, to run it on CPU tensors through the interpreter)"))
+
+
 def available() -> tuple[bool, str]:
     """(usable, why not): triton imports; it runs on CUDA tensors or, with TRITON_INTERPRET=1, on CPU."""
-    if INTERPRET or torch.cuda.is_available():
-        return True, ""
-    return False, ("the triton backend needs a CUDA GPU (or TRITON_INTERPRET=1 set before "
-                   "importing fusionseg_kernels, to run it on CPU tensors through the interpreter)")
+    return _AVAILABLE
 
 
 # --------------------------------------------------------------------------------------------
