@@ -215,7 +215,23 @@ def _git_commit():
         return "unknown"
 
 
-def run_sweep(opts):
+def _result(device, bw, copy_ms, providers, skipped, opts, rows, complete):
+    return {"meta": metadata(device), "copy_bandwidth_bytes_per_s": bw, "copy_ms_1gib": copy_ms,
+            "providers": providers, "skipped_providers": skipped, "batch": opts.batch,
+            "scale": opts.scale, "quick": opts.quick, "complete": complete, "rows": rows,
+            "summary": summarize(rows)}
+
+
+def save(result, out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
+
+
+def run_sweep(opts, out_path: Path):
+    """Runs the sweep; the JSON at `out_path` is rewritten after every shape, so a run cut short by a
+    time limit still leaves its measurements (with "complete": false)."""
     device = opts.device
     dtypes = [DTYPES[d] for d in opts.dtypes]
     shapes = layer_shapes(opts.batch, scale=opts.scale)
@@ -278,10 +294,10 @@ def run_sweep(opts):
             del x, args, gy
             if device == "cuda":
                 torch.cuda.empty_cache()
-    return {"meta": metadata(device), "copy_bandwidth_bytes_per_s": bw, "copy_ms_1gib": copy_ms,
-            "providers": providers, "skipped_providers": skipped, "batch": opts.batch,
-            "scale": opts.scale, "quick": opts.quick, "rows": rows,
-            "summary": summarize(rows)}
+            save(_result(device, bw, copy_ms, providers, skipped, opts, rows, False), out_path)
+    result = _result(device, bw, copy_ms, providers, skipped, opts, rows, True)
+    save(result, out_path)
+    return result
 
 
 def summarize(rows):
@@ -471,14 +487,10 @@ def main(argv=None):
         precompile(opts)
         return 0
 
-    result = run_sweep(opts)
-    print_table(result)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = opts.out or RESULTS_DIR / f"gpu_kernels_{opts.device}{'_smoke' if opts.smoke else ''}_{stamp}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    result = run_sweep(opts, out)
+    print_table(result)
     print(f"# results: {out}")
     bad = [r for r in result["rows"] if not r.get("ok")]
     return 1 if bad else 0
