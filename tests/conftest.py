@@ -22,3 +22,10 @@ requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture
 def data_dir():
     return DATA_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests that skip without a GPU are GPU tests: `pytest -m gpu` (bench/gpu_check.sh) selects them.
+    for item in items:
+        if any(m.name == "skipif" and "GPU" in str(m.kwargs.get("reason", "")) for m in item.iter_markers()):
+            item.add_marker(pytest.mark.gpu)
