@@ -81,12 +81,9 @@ template <typename T>
 FUSIONSEG_INLINE void vstore(T* p, typename Vec<T>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
-template <typename T>
-FUSIONSEG_INLINE typename Vec<T>::type vsplat(T s) {
-  typename Vec<T>::type v;  // a broadcast (not 0 + s, which IEEE rules keep as a scalar add)
-  for (int i = 0; i < Vec<T>::width; ++i) v[i] = s;
-  return v;
-}
+// Broadcasts written as initializer lists, which GCC turns into one vbroadcastss/sd.
+FUSIONSEG_INLINE Vec<float>::type vsplat(float s) { return Vec<float>::type{s, s, s, s, s, s, s, s}; }
+FUSIONSEG_INLINE Vec<double>::type vsplat(double s) { return Vec<double>::type{s, s, s, s}; }
 template <typename T>
 FUSIONSEG_INLINE T vsum(typename Vec<T>::type v) {
   T s = 0;
@@ -260,13 +257,17 @@ struct PaddedPlanes {
   void invalidate() { std::fill(tag.begin(), tag.end(), nullptr); }
 
   // Padded plane di of vol; element (h, w) of the source is at [(h + ph) * Wp + w + pw].
-  const T* get(const T* vol, int64_t di) {
+  FUSIONSEG_INLINE const T* get(const T* vol, int64_t di) {
     const T* src = vol + di * H * W;
     const int64_t slot = di % slots;
     T* dst = buf.data() + slot * stride;
     if (tag[slot] != src) {
-      for (int64_t h = 0; h < H; ++h)
-        std::memcpy(dst + (h + ph) * Wp + pw, src + h * W, sizeof(T) * W);
+      // Rows are short (W = 8..128 in the network): an inline loop beats a memcpy call per row.
+      for (int64_t h = 0; h < H; ++h) {
+        T* __restrict d_row = dst + (h + ph) * Wp + pw;
+        const T* __restrict s_row = src + h * W;
+        for (int64_t w = 0; w < W; ++w) d_row[w] = s_row[w];
+      }
       tag[slot] = src;
     }
     return dst;
