@@ -165,3 +165,10 @@ def test_matches_reference_hypothesis(n, gc, extra, d, h, w, plane, bias):
         assert cpu_op(x, *args).shape == x.shape
         return
     assert_matches_reference(cpu_op, x, args)
+
+
+def test_large_output_takes_the_streaming_store_path():
+    # Outputs >= 32 MB with 32-byte rows are written with non-temporal stores (a separate code
+    # path): 1 x 16 x 40 x 128 x 128 float32 = 42 MB.
+    x = make_input((1, 16, 40, 128, 128), dtype=torch.float32)
+    assert_matches_reference(cpu_op, x, make_op_args(16, 2, dtype=torch.float32))
