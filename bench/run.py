@@ -8,6 +8,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 JOBS = [
     ["bench_cpu_op.py"],
+    ["bench_network.py", "--device", "cpu", "--quick", "--threads", "2", "--keep-freed-memory"],
 ]
 
 

@@ -38,25 +38,42 @@
 namespace fusionseg {
 namespace {
 
-// Tasks are ordered (n, d-slab, c, d within slab): every contiguous range of tasks mixes
-// identity and convolution channels (balanced threads), while a channel's consecutive planes
-// stay together so the D band's 11-plane window is reused from cache.
-constexpr int64_t kSlab = 8;
-
+// Tasks are ordered (n, channel, d) with the channels interleaved across the five groups
+// (identity, cube, W, H, D), so every contiguous range of tasks — what at::parallel_for hands a
+// thread — holds the same mix of cheap copies and convolutions (balanced threads), while all
+// planes of a channel run consecutively on one thread: the D band's 11-plane window and the
+// cube's 3 planes come from cache and each input plane is read from memory once.
 struct TaskIndex {
   int64_t n, c, d;
 };
 
-inline TaskIndex task_of(int64_t t, int64_t C, int64_t D) {
-  const int64_t per_n = C * D;
+// Channel order: each group's channels spread evenly over the sequence (a merge by
+// (rank + 0.5) / group size).
+std::vector<int64_t> interleaved_channels(const IdcConfig& cfg) {
+  struct Item {
+    double key;
+    int64_t c;
+  };
+  std::vector<Item> items;
+  items.reserve(cfg.channels);
+  for (int64_t c = 0; c < cfg.identity; ++c) items.push_back({(c + 0.5) / cfg.identity, c});
+  for (int64_t c = cfg.identity; c < cfg.channels; ++c) {
+    const int64_t rank = (c - cfg.identity) % cfg.gc;
+    items.push_back({(rank + 0.5) / cfg.gc, c});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.key < y.key; });
+  std::vector<int64_t> order(cfg.channels);
+  for (int64_t i = 0; i < cfg.channels; ++i) order[i] = items[i].c;
+  return order;
+}
+
+inline TaskIndex task_of(int64_t t, const std::vector<int64_t>& order, int64_t D) {
+  const int64_t C = static_cast<int64_t>(order.size());
   TaskIndex r;
-  r.n = t / per_n;
-  int64_t rem = t % per_n;
-  const int64_t slab_start = (rem / (C * kSlab)) * kSlab;  // full slabs come first
-  const int64_t slab_len = std::min(kSlab, D - slab_start);
-  rem -= slab_start * C;
-  r.c = rem / slab_len;
-  r.d = slab_start + rem % slab_len;
+  r.n = t / (C * D);
+  const int64_t rem = t % (C * D);
+  r.c = order[rem / D];
+  r.d = rem % D;
   return r;
 }
 
@@ -572,12 +589,13 @@ void conv_all_planes(const T* x, T* y, const IdcConfig& cfg, const PackedWeights
                      int64_t N, int64_t D, int64_t H, int64_t W) {
   const int64_t C = cfg.channels, HW = H * W, DHW = D * HW;
   const bool stream = use_streaming(y, N * C * DHW, W);
+  const std::vector<int64_t> order = interleaved_channels(cfg);
   at::parallel_for(0, N * C * D, grain_for(HW), [&](int64_t begin, int64_t end) {
     Workspace<T>& ws = thread_workspace<T>();
     ws.invalidate();
     ws.stream = stream;
     for (int64_t t = begin; t < end; ++t) {
-      const TaskIndex ti = task_of(t, C, D);
+      const TaskIndex ti = task_of(t, order, D);
       const T* vol = x + (ti.n * C + ti.c) * DHW;
       T* out = y + (ti.n * C + ti.c) * DHW + ti.d * HW;
       const int g = conv_group_of_channel(ti.c, cfg.identity, cfg.gc);
@@ -671,12 +689,13 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& cu
       const scalar_t* xp = xc.data_ptr<scalar_t>();
       scalar_t* dx = gx.data_ptr<scalar_t>();
       const bool stream = use_streaming(dx, N * C * DHW, W);
+      const std::vector<int64_t> order = interleaved_channels(cfg);
       at::parallel_for(0, N * C * D, grain_for(HW), [&](int64_t begin, int64_t end) {
         Workspace<scalar_t>& ws = thread_workspace<scalar_t>();
         ws.invalidate();
         ws.stream = stream;
         for (int64_t t = begin; t < end; ++t) {
-          const TaskIndex ti = task_of(t, C, D);
+          const TaskIndex ti = task_of(t, order, D);
           const int64_t base = (ti.n * C + ti.c) * DHW;
           const int g = conv_group_of_channel(ti.c, cfg.identity, cfg.gc);
           if (g < 0) {
