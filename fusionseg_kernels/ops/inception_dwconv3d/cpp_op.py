@@ -23,6 +23,14 @@ def _conv_flops(x_shape, weight_shapes):
     return sum(2 * x_shape[0] * voxels * math.prod(w) for w in weight_shapes)
 
 
+def fake_backward_outputs(x, cube_weight, w_weight, h_weight, d_weight):
+    """Empty tensors shaped like a backward op's outputs: grad x, four weight grads, four bias grads."""
+    weights = (cube_weight, w_weight, h_weight, d_weight)
+    grad_w = tuple(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights)
+    grad_b = tuple(w.new_empty((w.shape[0],)) for w in weights)
+    return (torch.empty_like(x), *grad_w, *grad_b)
+
+
 def _register() -> None:
     global REGISTERED
     if REGISTERED or not extension_available():
@@ -38,10 +46,7 @@ def _register() -> None:
 
     @torch.library.register_fake("fusionseg::inception_dwconv3d_backward")
     def _backward_fake(grad_y, x, cube_weight, w_weight, h_weight, d_weight):
-        weights = (cube_weight, w_weight, h_weight, d_weight)
-        grad_w = tuple(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights)
-        grad_b = tuple(w.new_empty((w.shape[0],)) for w in weights)
-        return (torch.empty_like(x), *grad_w, *grad_b)
+        return fake_backward_outputs(x, cube_weight, w_weight, h_weight, d_weight)
 
     def _setup_context(ctx, inputs, output):
         x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias = inputs

@@ -41,7 +41,7 @@ from torch.utils.flop_counter import register_flop_formula
 import triton
 import triton.language as tl
 
-from .cpp_op import _conv_flops
+from .cpp_op import _conv_flops, fake_backward_outputs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FORWARD_OP = "fusionseg::triton_inception_dwconv3d_forward"
@@ -572,10 +572,7 @@ def run_kernels_with_config(x, args, grad_y, config):
 
 @_backward_op.register_fake
 def _backward_fake(grad_y, x, cube_weight, w_weight, h_weight, d_weight):
-    weights = (cube_weight, w_weight, h_weight, d_weight)
-    grad_w = tuple(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights)
-    grad_b = tuple(w.new_empty((w.shape[0],)) for w in weights)
-    return (torch.empty_like(x), *grad_w, *grad_b)
+    return fake_backward_outputs(x, cube_weight, w_weight, h_weight, d_weight)
 
 
 def _setup_context(ctx, inputs, output):
