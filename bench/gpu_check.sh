@@ -5,7 +5,7 @@
 #      Triton's kernels for the sweep compile in parallel processes (bench_gpu_kernels.py --precompile);
 #   2. GPU tests (pytest -m gpu, 4 workers; FUSIONSEG_TRITON_AUTOTUNE=0 so the Triton tests
 #      compile one config);
-#   3. compute-sanitizer memcheck on bench/sanitize_cuda.py, if that file exists;
+#   3. compute-sanitizer memcheck and racecheck on bench/sanitize_cuda.py, if that file exists;
 #   4. the kernel sweep (bench/bench_gpu_kernels.py --quick; torch.compile baseline on the
 #      largest shape in bf16 only, to stay in budget), whose outputs are checked against the
 #      reference; its time limit is what is left of the budget;
@@ -108,7 +108,9 @@ if [ -f bench/sanitize_cuda.py ]; then
   if [ "$DRY" = 1 ] || ! command -v compute-sanitizer >/dev/null; then
     stage sanitize-cuda 60 "$RUN_DIR/sanitize.log" $PY bench/sanitize_cuda.py --device cpu
   else
-    stage sanitize-cuda 30 "$RUN_DIR/sanitize.log" compute-sanitizer --tool memcheck --error-exitcode 3 \
+    stage memcheck-cuda 30 "$RUN_DIR/memcheck.log" compute-sanitizer --tool memcheck --error-exitcode 3 \
+      $PY bench/sanitize_cuda.py
+    stage racecheck-cuda 40 "$RUN_DIR/racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 3 \
       $PY bench/sanitize_cuda.py
   fi
 fi
