@@ -8,7 +8,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 JOBS = [
     ["bench_cpu_op.py"],
-    ["bench_network.py", "--device", "cpu", "--quick", "--threads", "2", "--keep-freed-memory"],
+    ["bench_network.py", "--device", "cpu", "--quick", "--repeats", "5", "--threads", "2",
+     "--keep-freed-memory"],
 ]
 
 
