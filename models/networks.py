@@ -83,7 +83,9 @@ class _UNet(nn.Module):
         self.set_backend(backend)  # validates the name even when the net has no IDC layer
 
     def _build_encoder(self, n_convs: list[int]) -> nn.Module:
-        raise NotImplementedError
+        # nnU-Net's plain encoder (single-branch and plain networks); DualBranchUNet overrides it.
+        return _PlainEncoder(self._layers, self.input_channels, list(self.features_per_stage),
+                             list(self.strides), list(self.kernel_sizes), n_convs)
 
     # ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,10 +311,6 @@ class SingleBranchUNet(_UNet):
                          n_conv_per_stage, n_conv_per_stage_decoder, conv_bias, norm_eps, norm_affine,
                          negative_slope, backend)
 
-    def _build_encoder(self, n_convs):
-        return _PlainEncoder(self._layers, self.input_channels, list(self.features_per_stage),
-                             list(self.strides), list(self.kernel_sizes), n_convs)
-
 
 class PlainConvUNet(_UNet):
     """nnU-Net's default 3D U-Net as planned for this dataset (the ablation's baseline): 6 stages,
@@ -330,10 +328,6 @@ class PlainConvUNet(_UNet):
         super().__init__(input_channels, num_classes, features_per_stage, strides, kernel_sizes,
                          n_conv_per_stage, n_conv_per_stage_decoder, conv_bias, norm_eps, norm_affine,
                          negative_slope, backend)
-
-    def _build_encoder(self, n_convs):
-        return _PlainEncoder(self._layers, self.input_channels, list(self.features_per_stage),
-                             list(self.strides), list(self.kernel_sizes), n_convs)
 
 
 NETWORKS = {"dual": DualBranchUNet, "single": SingleBranchUNet, "plain": PlainConvUNet}
