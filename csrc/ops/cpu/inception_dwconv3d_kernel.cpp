@@ -538,16 +538,23 @@ template <typename T>
 PackedWeights<T> pack_weights(const IdcConfig& cfg, const std::array<at::Tensor, 4>& weights,
                               const std::array<std::optional<at::Tensor>, 4>& biases,
                               bool flip) {
+  // Weights are tiny; converting them only when needed keeps small layers' fixed cost low.
   const auto dtype = c10::CppTypeToScalarType<T>::value;
+  auto as_compute = [&](const at::Tensor& t) {
+    return (t.scalar_type() == dtype && t.is_contiguous()) ? t : t.to(dtype).contiguous();
+  };
   PackedWeights<T> p;
   for (int g = 0; g < kNumConvGroups; ++g) {
-    at::Tensor w = weights[g].to(at::kCPU, dtype);
-    if (flip) w = w.flip({2, 3, 4});
-    w = w.contiguous();
-    p.k[g].assign(w.data_ptr<T>(), w.data_ptr<T>() + w.numel());
+    const at::Tensor w = as_compute(weights[g]);
+    const T* src = w.data_ptr<T>();
+    const int64_t kvol = cfg.kernel_volume(g);
+    p.k[g].resize(static_cast<size_t>(cfg.gc * kvol));
+    for (int64_t j = 0; j < cfg.gc; ++j)
+      for (int64_t i = 0; i < kvol; ++i)  // flipping all three spatial axes = reversing the taps
+        p.k[g][j * kvol + i] = src[j * kvol + (flip ? kvol - 1 - i : i)];
     p.bias[g].assign(cfg.gc, T(0));
     if (biases[g].has_value() && biases[g]->defined()) {
-      at::Tensor b = biases[g]->to(at::kCPU, dtype).contiguous();
+      const at::Tensor b = as_compute(*biases[g]);
       std::copy(b.data_ptr<T>(), b.data_ptr<T>() + cfg.gc, p.bias[g].begin());
     }
   }
@@ -716,24 +723,34 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& cu
     });
   }
 
-  // Fixed-order reduction of the partials: over n, then d.
+  // Fixed-order reduction of the partials (over n, then d), written straight into the gradients
+  // in the weights' dtype: no temporaries, which matters for the fixed cost of small layers.
   std::array<at::Tensor, 4> gw, gb;
+  std::vector<double> sums;
   for (int g = 0; g < kNumConvGroups; ++g) {
     const int64_t kvol = cfg.kernel_volume(g);
-    at::Tensor wsum = at::zeros({cfg.gc, kvol + 1}, at::kDouble);
-    double* ws = wsum.data_ptr<double>();
+    sums.assign(static_cast<size_t>(cfg.gc * (kvol + 1)), 0.0);
     for (int64_t j = 0; j < cfg.gc; ++j) {
       const int64_t cc = g * cfg.gc + j;
+      double* acc = sums.data() + j * (kvol + 1);
       for (int64_t n = 0; n < N; ++n)
         for (int64_t d = 0; d < D; ++d) {
           const double* p = partials.data() + ((n * conv_channels + cc) * D + d) * stride;
-          for (int64_t tap = 0; tap < kvol; ++tap) ws[j * (kvol + 1) + tap] += p[tap];
-          ws[j * (kvol + 1) + kvol] += p[kvol];
+          for (int64_t tap = 0; tap <= kvol; ++tap) acc[tap] += p[tap];
         }
     }
-    const auto wdtype = weights[g].scalar_type();
-    gw[g] = wsum.narrow(1, 0, kvol).reshape(weights[g].sizes()).to(wdtype).contiguous();
-    gb[g] = wsum.select(1, kvol).to(wdtype).contiguous();
+    const auto options = weights[g].options().memory_format(at::MemoryFormat::Contiguous);
+    gw[g] = at::empty(weights[g].sizes(), options);
+    gb[g] = at::empty({cfg.gc}, options);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gw[g].scalar_type(), "idc_grad_weights", [&] {
+      scalar_t* w_out = gw[g].data_ptr<scalar_t>();
+      scalar_t* b_out = gb[g].data_ptr<scalar_t>();
+      for (int64_t j = 0; j < cfg.gc; ++j) {
+        for (int64_t tap = 0; tap < kvol; ++tap)
+          w_out[j * kvol + tap] = static_cast<scalar_t>(sums[j * (kvol + 1) + tap]);
+        b_out[j] = static_cast<scalar_t>(sums[j * (kvol + 1) + kvol]);
+      }
+    });
   }
   at::Tensor grad_x = match_layout(gx.to(x.scalar_type()), x);
   return {grad_x, gw[0], gw[1], gw[2], gw[3], gb[0], gb[1], gb[2], gb[3]};
