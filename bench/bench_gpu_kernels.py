@@ -388,7 +388,7 @@ def write_gpu_table(result_path: Path, passed, mode_preference=("fwdbwd", "fwd")
     (dispatch.size_class of x), the backend with the smallest summed time over that class's
     shapes (forward+backward if measured, else forward), among `passed` (backends whose GPU
     tests passed) and "reference"."""
-    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import size_class
+    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import gpu_table_key
 
     result = json.loads(Path(result_path).read_text())
     device_name = result["meta"]["device_name"]
@@ -400,7 +400,7 @@ def write_gpu_table(result_path: Path, passed, mode_preference=("fwdbwd", "fwd")
         sel = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
         classes: dict = {}
         for r in sel:
-            cls = size_class(_FakeSize(r["x_bytes"]))
+            _, table_dtype, cls = gpu_table_key(device_name, DTYPES[dtype], r["x_bytes"])
             classes.setdefault(cls, {}).setdefault(r["provider"], {})[tuple(r["shape"])] = r["ms"] * r["calls"]
         for cls, per_backend in sorted(classes.items()):
             shapes = set.intersection(*(set(v) for v in per_backend.values()))
@@ -408,7 +408,7 @@ def write_gpu_table(result_path: Path, passed, mode_preference=("fwdbwd", "fwd")
                 continue
             totals = {b: sum(v[s] for s in shapes) for b, v in per_backend.items()}
             best = min(totals, key=totals.get)
-            entries.append({"device_name": device_name, "dtype": dtype, "size_class": cls,
+            entries.append({"device_name": device_name, "dtype": table_dtype, "size_class": cls,
                             "backend": best, "mode": mode,
                             "ms_weighted": {b: round(t, 4) for b, t in sorted(totals.items())}})
     old = {}
@@ -425,19 +425,6 @@ def write_gpu_table(result_path: Path, passed, mode_preference=("fwdbwd", "fwd")
     GPU_TABLE.write_text(json.dumps(table, indent=1) + "\n")
     print(f"# wrote {len(entries)} entries for {device_name} to {GPU_TABLE}")
     return entries
-
-
-class _FakeSize:
-    """Stands in for x in dispatch.size_class (it reads numel() * element_size())."""
-
-    def __init__(self, nbytes):
-        self.nbytes = nbytes
-
-    def numel(self):
-        return self.nbytes
-
-    def element_size(self):
-        return 1
 
 
 # ------------------------------------------------------------------------------- main

@@ -45,6 +45,9 @@ SUBCOMMANDS: list[Callable] = [add_complexity]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionseg", description="fusionseg: fused InceptionDWConv3d "
                                      "kernels and the dual-branch FLARE 2025 U-Net")
+    from fusionseg_kernels import __version__
+
+    parser.add_argument("--version", action="version", version=f"fusionseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(subparsers)
@@ -52,12 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand. A `FusionsegError` (bad input a user can fix) is printed as one line
+    on stderr with exit status 1; argparse itself exits 2 on bad arguments."""
+    from fusionseg_kernels.errors import FusionsegError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except FusionsegError as err:
+        print(f"fusionseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fusionseg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -29,9 +29,23 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend is not built or cannot run on these tensors."""
 
 
-def size_class(x: torch.Tensor) -> str:
-    """Coarse size bucket of x used as the GPU table's shape key."""
-    nbytes = x.numel() * x.element_size()
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                torch.bfloat16: "bfloat16"}
+_DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "half": "float16",
+                  "bf16": "bfloat16"}
+
+
+def dtype_name(dtype) -> str:
+    """The canonical dtype name of the GPU table ("float32", "bfloat16", ...) for a torch.dtype
+    or a name ("bf16", "torch.bfloat16", "bfloat16")."""
+    if isinstance(dtype, torch.dtype):
+        return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+    name = str(dtype).replace("torch.", "")
+    return _DTYPE_ALIASES.get(name, name)
+
+
+def size_class_of_bytes(nbytes: int) -> str:
+    """Coarse size bucket used as the GPU table's shape key: small < 4 MB <= medium < 32 MB <= large."""
     if nbytes < (4 << 20):
         return "small"
     if nbytes < (32 << 20):
@@ -39,13 +53,27 @@ def size_class(x: torch.Tensor) -> str:
     return "large"
 
 
+def size_class(x: torch.Tensor) -> str:
+    """Size bucket of x (see `size_class_of_bytes`)."""
+    return size_class_of_bytes(x.numel() * x.element_size())
+
+
+def gpu_table_key(device_name: str, dtype, nbytes: int) -> tuple[str, str, str]:
+    """(device name, dtype name, size class): the key under which gpu_table.json records the
+    fastest backend. The one function both the writer (bench/bench_gpu_kernels.py) and the
+    reader (`auto`) use, so their keys cannot drift apart."""
+    return (str(device_name), dtype_name(dtype), size_class_of_bytes(int(nbytes)))
+
+
 @lru_cache(maxsize=None)
-def _gpu_table() -> tuple:
+def _gpu_table() -> dict:
+    """{gpu_table_key: backend} from gpu_table.json (empty when the file is missing or unreadable)."""
     try:
         entries = json.loads(GPU_TABLE_PATH.read_text()).get("entries", [])
-    except (OSError, ValueError):
-        return ()
-    return tuple((e["device_name"], e["dtype"], e["size_class"], e["backend"]) for e in entries)
+        return {gpu_table_key(e["device_name"], e["dtype"], 0)[:2] + (e["size_class"],): e["backend"]
+                for e in entries}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def triton_status() -> tuple[bool, str]:
@@ -100,14 +128,14 @@ def _choose(device_type: str, device_index, dtype: torch.dtype, cls: str) -> tup
         return "reference", "CPU tensor but the C++ extension is not built"
     if device_type == "cuda":
         name = torch.cuda.get_device_name(device_index)
-        dt = str(dtype).replace("torch.", "")
-        for dev, table_dtype, table_cls, backend in _gpu_table():
-            if dev == name and table_dtype == dt and table_cls == cls:
-                try:
-                    _check_backend(backend, device_type)
-                    return backend, f"recorded as fastest for {name}, {dt}, {cls} inputs"
-                except (BackendUnavailableError, RuntimeError):
-                    break
+        dt = dtype_name(dtype)
+        backend = _gpu_table().get((name, dt, cls))
+        if backend is not None:
+            try:
+                _check_backend(backend, device_type)
+                return backend, f"recorded as fastest for {name}, {dt}, {cls} inputs"
+            except (BackendUnavailableError, RuntimeError):
+                pass
         if _triton_usable_on(device_type)[0]:
             return "triton", f"no measured record for {name}, {dt}, {cls}: triton by default"
         if extension_available() and has_cuda_kernels():
