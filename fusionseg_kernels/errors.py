@@ -21,3 +21,11 @@ class InputImageError(FusionsegError, ValueError):
 
 class ModelFolderError(FusionsegError, ValueError):
     """An nnU-Net model folder that is missing files or holds an incompatible model."""
+
+
+class OutputFolderError(FusionsegError, OSError):
+    """An output folder or file that cannot be created or written."""
+
+
+class EnvironmentSetupError(FusionsegError, RuntimeError):
+    """A requested device or an optional dependency that is not available here."""
