@@ -29,3 +29,15 @@ class OutputFolderError(FusionsegError, OSError):
 
 class EnvironmentSetupError(FusionsegError, RuntimeError):
     """A requested device or an optional dependency that is not available here."""
+
+
+class ParameterError(FusionsegError, ValueError):
+    """A size, spacing, count or other value outside the range a function or command accepts."""
+
+
+class OutputWriteError(FusionsegError, OSError):
+    """A file or folder that cannot be created or written."""
+
+
+class EvaluationError(FusionsegError, ValueError):
+    """Prediction and ground-truth files or folders that cannot be scored against each other."""
