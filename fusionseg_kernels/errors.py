@@ -35,9 +35,5 @@ class ParameterError(FusionsegError, ValueError):
     """A size, spacing, count or other value outside the range a function or command accepts."""
 
 
-class OutputWriteError(FusionsegError, OSError):
-    """A file or folder that cannot be created or written."""
-
-
 class EvaluationError(FusionsegError, ValueError):
     """Prediction and ground-truth files or folders that cannot be scored against each other."""
