@@ -1,46 +1,89 @@
-"""CPU benchmark of InceptionDWConv3d: fused `cpu` backend vs `reference` (split + oneDNN convs + cat).
+"""CPU benchmark of InceptionDWConv3d: the fused `cpu` backend and torch.compile of the reference
+against `reference` (split + oneDNN convs + cat), on the released network's 28 calls.
 
-For each of the released network's 28 calls (batch 1, 96x128x128 patch; identical shapes timed
-once and weighted by their count), in one process and under one allocator setting:
-median forward and forward+backward times, speedups, the fused kernel's effective bandwidth
-(SPEC §2 roofline: 2|x| forward, 4.5|x| forward+backward) as a fraction of a copy bandwidth
-measured on the same tensor (y.copy_(x): |x| read + |x| written), and x.clone() (allocate, read,
-write: the least an out-of-place op costs).
+For each distinct call (batch 1, 96x128x128 patch; identical shapes timed once and weighted by
+their count), in one process and under one allocator setting: median forward and
+forward+backward times of every provider, speedups over `reference`, and each provider's
+effective bandwidth (bytes read + written by the op's roofline: 2|x| forward, 4.5|x|
+forward+backward). That bandwidth is given as a fraction of a memory copy measured in the same
+run on buffers four times the last-level cache, and only for calls whose data does not fit that
+cache; calls that fit are marked cache-resident (a warm repeat runs from cache, where a fraction
+of a memory copy means nothing). Also recorded: a copy on the call's own size and x.clone()
+(allocate, read, write: the least an out-of-place op costs).
 
-    python bench/bench_cpu_op.py [--threads 2] [--quick] [--out bench/results/cpu_op.json]
+    python bench/bench_cpu_op.py [--threads 2] [--quick] [--smoke] [--providers reference cpu compile]
+                                 [--budget S] [--out FILE]
 
-Run it through `make bench`/`make bench-cpu`, which set glibc to keep freed memory
-(MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, SPEC §6); the settings are recorded.
+Results: FILE (JSON) and FILE with .md; by default bench/results/local/cpu_op_<UTC time>.json.
+`make bench`/`make bench-cpu` run it with glibc told to keep freed memory
+(MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_); the settings in force are recorded.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, environment, geomean, median_time, network_layer_calls,  # noqa: E402
-                    op_arguments, write_atomic, write_json)
+from common import (cache_resident, default_out, dram_copy_bandwidth, environment, geomean,  # noqa: E402
+                    median_time, network_layer_calls, op_arguments, write_atomic, write_json)
 
-import fusionseg_kernels as fk  # noqa: E402
-
-
-def forward_fn(x, args, backend):
-    return lambda: fk.inception_dwconv3d(x, *args, backend=backend)
+PROVIDERS = ("reference", "cpu", "compile")
+ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}
 
 
-def forward_backward_fn(x, args, grad_y, backend):
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--quick", action="store_true", help="only the four smaller shapes, short budgets")
+    parser.add_argument("--smoke", action="store_true",
+                        help="dry run of every code path: spatial sizes / 16, tiny budgets (seconds)")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
+                        help="what to time; reference is always timed (default: all)")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement (default 1.0)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default bench/results/local/cpu_op_<UTC time>.json)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.budget <= 0:
+        parser.error("--budget must be positive")
+    if "reference" not in args.providers:
+        args.providers = ["reference", *args.providers]
+    return args
+
+
+def step(fn, x, args, grad_y, mode):
+    import torch
+
+    if mode == "fwd":
+        return lambda: fn(x, *args)
     inputs = [x] + args
 
     def run():
-        y = fk.inception_dwconv3d(x, *args, backend=backend)
+        y = fn(x, *args)
         torch.autograd.grad(y, inputs, grad_y)
     return run
 
 
-def bench_layer(shape, gc, budget_s):
+def provider_fn(name):
+    import torch
+    import fusionseg_kernels as fk
+
+    if name == "reference":
+        return fk.inception_dwconv3d_reference
+    if name == "compile":
+        torch._dynamo.reset()  # one compilation per shape (and mode, through autograd)
+        return torch.compile(fk.inception_dwconv3d_reference, dynamic=False)
+    return lambda x, *a: fk.inception_dwconv3d(x, *a, backend=name)
+
+
+def bench_layer(shape, gc, providers, budget_s, dram_copy):
+    import torch
+
     x = torch.randn(shape)
     args = op_arguments(shape[1], gc)
     xg = x.clone().requires_grad_(True)
@@ -48,88 +91,134 @@ def bench_layer(shape, gc, budget_s):
     grad_y = torch.randn(shape)
     nbytes = x.numel() * x.element_size()
     out = torch.empty_like(x)
-    r = {"shape": list(shape), "gc": gc, "x_MB": nbytes / 1e6}
-    r["copy_s"] = median_time(lambda: out.copy_(x), budget_s=budget_s)
+    llc = dram_copy["last_level_cache_bytes"]
+    r = {"shape": list(shape), "gc": gc, "dtype": "float32", "x_bytes": nbytes, "x_MB": nbytes / 1e6}
+    r["copy_same_size_s"] = median_time(lambda: out.copy_(x), budget_s=budget_s)
+    r["copy_same_size_GBps"] = 2 * nbytes / r["copy_same_size_s"] / 1e9
     r["clone_s"] = median_time(lambda: x.clone(), budget_s=budget_s)
-    for backend in ("reference", "cpu"):
-        r[f"{backend}_fwd_s"] = median_time(forward_fn(x, args, backend), budget_s=budget_s)
-        r[f"{backend}_fwdbwd_s"] = median_time(forward_backward_fn(xg, args_g, grad_y, backend),
-                                               min_repeats=2, budget_s=budget_s)
-    copy_bw = 2 * nbytes / r["copy_s"]
-    r["copy_GBps"] = copy_bw / 1e9
-    r["speedup_fwd"] = r["reference_fwd_s"] / r["cpu_fwd_s"]
-    r["speedup_fwdbwd"] = r["reference_fwdbwd_s"] / r["cpu_fwdbwd_s"]
-    r["cpu_fwd_over_clone"] = r["cpu_fwd_s"] / r["clone_s"]
-    r["cpu_fwd_GBps"] = 2 * nbytes / r["cpu_fwd_s"] / 1e9
-    r["cpu_fwdbwd_GBps"] = 4.5 * nbytes / r["cpu_fwdbwd_s"] / 1e9
-    r["cpu_fwd_frac_copy"] = r["cpu_fwd_GBps"] * 1e9 / copy_bw
-    r["cpu_fwdbwd_frac_copy"] = r["cpu_fwdbwd_GBps"] * 1e9 / copy_bw
+    r["cache_resident"] = {m: cache_resident(int(f * nbytes), llc) for m, f in ROOFLINE_FACTOR.items()}
+    r["times_s"], r["compile_s"] = {}, {}
+    for name in providers:
+        fn = provider_fn(name)
+        r["times_s"][name] = {}
+        for mode, (x_, a_) in (("fwd", (x, args)), ("fwdbwd", (xg, args_g))):
+            run = step(fn, x_, a_, grad_y, mode)
+            if name == "compile":
+                t0 = time.perf_counter()
+                run()
+                r["compile_s"][mode] = time.perf_counter() - t0
+            r["times_s"][name][mode] = median_time(run, min_repeats=3 if mode == "fwd" else 2,
+                                                   budget_s=budget_s)
+    ref = r["times_s"]["reference"]
+    r["speedup"] = {n: {m: ref[m] / t[m] for m in t} for n, t in r["times_s"].items()}
+    r["bandwidth_GBps"] = {n: {m: ROOFLINE_FACTOR[m] * nbytes / t[m] / 1e9 for m in t}
+                           for n, t in r["times_s"].items()}
+    r["fraction_of_dram_copy"] = {
+        n: {m: None if r["cache_resident"][m] else bw[m] * 1e9 / dram_copy["bytes_per_s"] for m in bw}
+        for n, bw in r["bandwidth_GBps"].items()}
+    if "cpu" in r["times_s"]:
+        r["cpu_fwd_over_clone"] = r["times_s"]["cpu"]["fwd"] / r["clone_s"]
     return r
 
 
-def markdown(results, summary, env) -> str:
+def summarize(results, providers):
+    weights = [r["calls"] for r in results]
+    largest = max(results, key=lambda r: r["x_bytes"])
+    summary = {"calls": sum(weights), "largest_shape": largest["shape"], "geomean_speedup": {}}
+    for name in providers:
+        if name == "reference":
+            continue
+        summary["geomean_speedup"][name] = {
+            m: geomean([r["speedup"][name][m] for r in results], weights) for m in ROOFLINE_FACTOR}
+    if "cpu" in providers:
+        summary["largest_cpu_fwd_over_clone"] = largest["cpu_fwd_over_clone"]
+    return summary
+
+
+def _fraction(value):
+    return "cache-resident" if value is None else f"{value:.0%}"
+
+
+def markdown(result) -> str:
+    env, results, summary = result["environment"], result["results"], result["summary"]
+    providers = result["providers"]
+    fused = [p for p in providers if p != "reference"]
+    dram = result["dram_copy"]
     lines = [
         f"CPU op benchmark — {env['device']}, {env['threads']} threads, torch {env['torch']}, "
-        f"commit {env['commit']}, {env['date']}, allocator {env['allocator_env'] or 'glibc default'}",
+        f"commit {env['commit'][:12]}{'-dirty' if env.get('dirty') else ''}, {env['date_utc']}, "
+        f"allocator {env['allocator_env'] or 'glibc default'}",
         "",
-        "| shape (N,C,D,H,W) | gc | calls | x MB | clone ms | ref fwd ms | cpu fwd ms | fwd speedup | "
-        "cpu fwd / clone | cpu fwd GB/s (of copy) | ref fwd+bwd ms | cpu fwd+bwd ms | fwd+bwd speedup | "
-        "cpu fwd+bwd GB/s (of copy) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Memory copy reference: {dram['bytes_per_s'] / 1e9:.1f} GB/s (read + write, "
+        f"{dram['buffer_bytes'] / 2**20:.0f} MiB buffers; last-level cache "
+        f"{dram['last_level_cache_bytes'] / 2**20:.0f} MiB). Fractions are given for calls whose "
+        "roofline bytes exceed that cache; the others are cache-resident.",
+        "",
     ]
+    head = ["shape (N,C,D,H,W)", "gc", "calls", "x MB", "clone ms", "ref fwd ms"]
+    head += [f"{p} fwd ms" for p in fused] + [f"{p} fwd speedup" for p in fused]
+    head += ["ref fwd+bwd ms"] + [f"{p} fwd+bwd ms" for p in fused] + [f"{p} fwd+bwd speedup" for p in fused]
+    if "cpu" in fused:
+        head += ["cpu fwd / clone", "cpu fwd GB/s (of memory copy)", "cpu fwd+bwd GB/s (of memory copy)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        lines.append(
-            f"| {tuple(r['shape'])} | {r['gc']} | {r['calls']} | {r['x_MB']:.1f} | {r['clone_s']*1e3:.2f} | "
-            f"{r['reference_fwd_s']*1e3:.2f} | {r['cpu_fwd_s']*1e3:.2f} | {r['speedup_fwd']:.2f}x | "
-            f"{r['cpu_fwd_over_clone']:.2f} | {r['cpu_fwd_GBps']:.1f} ({r['cpu_fwd_frac_copy']:.0%}) | "
-            f"{r['reference_fwdbwd_s']*1e3:.1f} | {r['cpu_fwdbwd_s']*1e3:.1f} | {r['speedup_fwdbwd']:.2f}x | "
-            f"{r['cpu_fwdbwd_GBps']:.1f} ({r['cpu_fwdbwd_frac_copy']:.0%}) |")
-    lines += [
-        "",
-        f"Geometric mean over the network's {summary['calls']} calls: forward **{summary['geomean_speedup_fwd']:.2f}x**, "
-        f"forward+backward **{summary['geomean_speedup_fwdbwd']:.2f}x**; largest call {tuple(summary['largest_shape'])}: "
-        f"fused forward = **{summary['largest_fwd_over_clone']:.2f}x** the time of x.clone().",
-    ]
+        t, s = r["times_s"], r["speedup"]
+        cells = [str(tuple(r["shape"])), str(r["gc"]), str(r["calls"]), f"{r['x_MB']:.1f}",
+                 f"{r['clone_s'] * 1e3:.2f}", f"{t['reference']['fwd'] * 1e3:.2f}"]
+        cells += [f"{t[p]['fwd'] * 1e3:.2f}" for p in fused] + [f"{s[p]['fwd']:.2f}x" for p in fused]
+        cells += [f"{t['reference']['fwdbwd'] * 1e3:.1f}"] + [f"{t[p]['fwdbwd'] * 1e3:.1f}" for p in fused]
+        cells += [f"{s[p]['fwdbwd']:.2f}x" for p in fused]
+        if "cpu" in fused:
+            bw, fr = r["bandwidth_GBps"]["cpu"], r["fraction_of_dram_copy"]["cpu"]
+            cells += [f"{r['cpu_fwd_over_clone']:.2f}", f"{bw['fwd']:.1f} ({_fraction(fr['fwd'])})",
+                      f"{bw['fwdbwd']:.1f} ({_fraction(fr['fwdbwd'])})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for p, g in summary["geomean_speedup"].items():
+        lines.append(f"Geometric mean over the network's {summary['calls']} calls, {p} vs reference: "
+                     f"forward **{g['fwd']:.2f}x**, forward+backward **{g['fwdbwd']:.2f}x**.")
+    if "largest_cpu_fwd_over_clone" in summary:
+        lines.append(f"Largest call {tuple(summary['largest_shape'])}: fused forward = "
+                     f"**{summary['largest_cpu_fwd_over_clone']:.2f}x** the time of x.clone().")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the CI machine)")
-    parser.add_argument("--quick", action="store_true", help="only the smaller half of the shapes, short budgets")
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement (default 1.0)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "cpu_op.json")
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
-    if not fk.extension_available():
-        print("bench_cpu_op: the C++ extension is not built; run `make build` first", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    import torch
+    import fusionseg_kernels as fk
+
+    providers = list(args.providers)
+    if "cpu" in providers and not fk.extension_available():
+        print("bench_cpu_op: the C++ extension is not built (run `make build`); timing without `cpu`",
+              file=sys.stderr)
+        providers.remove("cpu")
     torch.set_num_threads(args.threads)
-    calls = network_layer_calls("dual_branch", batch=1)
+    calls = network_layer_calls("dual_branch", batch=1, scale=16 if args.smoke else 1)
+    budget = 0.02 if args.smoke else 0.3 if args.quick else args.budget
     if args.quick:
         calls = [c for c in calls if c[0][2] <= 48][:4]
+    out = args.out or default_out("cpu_op")
     env = environment("cpu")
+    dram = dram_copy_bandwidth(budget_s=budget, min_bytes=(16 << 20) if args.smoke else (256 << 20))
+    print(f"memory copy: {dram['bytes_per_s'] / 1e9:.1f} GB/s on {dram['buffer_bytes'] / 2**20:.0f} MiB "
+          f"buffers; providers {providers}", flush=True)
     results = []
     for shape, gc, count in calls:
-        r = bench_layer(shape, gc, 0.3 if args.quick else args.budget)
+        r = bench_layer(shape, gc, providers, budget, dram)
         r["calls"] = count
         results.append(r)
-        print(f"{tuple(shape)} gc={gc} x{count}: fwd {r['speedup_fwd']:.2f}x, fwd+bwd {r['speedup_fwdbwd']:.2f}x, "
-              f"fwd/clone {r['cpu_fwd_over_clone']:.2f}", flush=True)
-    weights = [r["calls"] for r in results]
-    largest = max(results, key=lambda r: r["x_MB"])
-    summary = {
-        "calls": sum(weights),
-        "geomean_speedup_fwd": geomean([r["speedup_fwd"] for r in results], weights),
-        "geomean_speedup_fwdbwd": geomean([r["speedup_fwdbwd"] for r in results], weights),
-        "largest_shape": largest["shape"],
-        "largest_fwd_over_clone": largest["cpu_fwd_over_clone"],
-    }
-    write_json(args.out, {"environment": env, "summary": summary, "results": results})
-    md = markdown(results, summary, env)
-    write_atomic(args.out.with_suffix(".md"), md)
+        speedups = ", ".join(f"{p} fwd {s['fwd']:.2f}x fwd+bwd {s['fwdbwd']:.2f}x"
+                             for p, s in r["speedup"].items() if p != "reference")
+        print(f"{tuple(shape)} gc={gc} x{count}: {speedups}", flush=True)
+    result = {"benchmark": "cpu_op", "environment": env, "providers": providers, "quick": args.quick,
+              "smoke": args.smoke, "budget_s": budget, "dram_copy": dram,
+              "summary": summarize(results, providers), "results": results}
+    write_json(out, result)
+    md = markdown(result)
+    write_atomic(out.with_suffix(".md"), md)
     print(md)
+    print(f"wrote {out}")
     return 0
 
 

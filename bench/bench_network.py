@@ -10,39 +10,36 @@ are reported. One extra profiled iteration per backend gives the share of time s
 InceptionDWConv3d (torch.profiler; forward: the time inside the 28 layers' forward; backward: the
 autograd nodes whose sequence number belongs to an op run inside those layers).
 
-CPU allocator: SPEC §6 — page faults on fresh large allocations can double a CPU time; glibc's
-settings apply to both sides equally here because both run in this process. The settings in force
-are recorded; ``--keep-freed-memory`` re-executes the script with glibc told to keep freed memory
-(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736), as SPEC §6 measured.
+CPU allocator: page faults on fresh large allocations can double a CPU time; glibc's settings
+apply to both sides equally here because both run in this process. The settings in force are
+recorded; ``--keep-freed-memory`` re-executes the script with glibc told to keep freed memory
+(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736).
 
 Usage:
     python bench/bench_network.py --device cpu --quick --keep-freed-memory
     python bench/bench_network.py --device cuda            # fp32 and bf16, all built GPU backends
-Results: bench/results/network_<device>_<UTC time>.json (written to a .tmp name, then renamed).
+    python bench/bench_network.py --smoke                  # seconds: tiny patches, every code path
+Results: --out FILE, by default bench/results/local/network_<device>_<UTC time>.json (written to a
+temporary name, then renamed).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "THP_MEM_ALLOC_ENABLE",
-                  "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import KEEP_FREED_MEMORY, default_out, quiet_profiler, write_json  # noqa: E402
+from common import environment as common_environment  # noqa: E402
+
 IDC_RANGE = "fusionseg.InceptionDWConv3d"
 
 
@@ -65,11 +62,18 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="CPU-friendly: inference at --patch with 3 repeats, training at 48×64×64 with 2 repeats, "
                         "1 warm-up")
+    p.add_argument("--smoke", action="store_true",
+                   help="dry run in seconds: 16x32x32 patches, 1 repeat, no warm-up")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="re-run with glibc keeping freed memory (SPEC §6 settings) unless already set")
+                   help="re-run with glibc keeping freed memory (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) "
+                        "unless already set")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--out", type=Path, default=None, help="result file (default: bench/results/network_<device>_<time>.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result file (default: bench/results/local/network_<device>_<UTC time>.json)")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.patch, args.train_patch = [16, 32, 32], [16, 32, 32]
+        args.repeats, args.warmup = args.repeats or 1, 0
     if args.quick:
         args.train_patch = args.train_patch or [48, 64, 64]
         args.repeats = args.repeats or 3
@@ -232,38 +236,10 @@ def run_case(model, backends, step_fn, device, repeats, warmup, profile_it):
 
 
 def environment(device: str) -> dict:
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except OSError:
-            return None
-
-    cpu_name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    import fusionseg_kernels
-
-    return {
-        "device": torch.cuda.get_device_name() if device == "cuda" else cpu_name,
-        "cpu": cpu_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "triton": triton_version, "python": platform.python_version(),
-        "build_info": fusionseg_kernels.build_info() if fusionseg_kernels.extension_available() else None,
-        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_VARS},
-        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": os.getloadavg(),  # other processes on a shared machine skew CPU times
-    }
+    info = common_environment(device)
+    info["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+    info["loadavg_start"] = info.pop("loadavg")  # other processes on a shared machine skew CPU times
+    return info
 
 
 def main(argv=None) -> int:
@@ -272,11 +248,12 @@ def main(argv=None) -> int:
         reexec_with_malloc_env()
     if args.threads:
         torch.set_num_threads(args.threads)
+    quiet_profiler()
     if args.device == "cuda":
         if not torch.cuda.is_available():
             print("no CUDA device", file=sys.stderr)
             return 2
-        torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 (SPEC §7)
+        torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32, not TF32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
     from fusionseg_kernels.models import DualBranchUNet
@@ -290,7 +267,7 @@ def main(argv=None) -> int:
               "environment": environment(args.device), "backends": backends,
               "settings": {"patch_inference": args.patch, "batch_inference": 1, "patch_train": args.train_patch,
                            "batch_train": 2, "repeats": args.repeats, "warmup": args.warmup,
-                           "quick": args.quick, "loss": "cross-entropy", "optimizer": "AdamW(8e-4, wd 0.01, eps 1e-5)",
+                           "quick": args.quick, "smoke": args.smoke, "dtypes": args.dtypes, "loss": "cross-entropy", "optimizer": "AdamW(8e-4, wd 0.01, eps 1e-5)",
                            "grad_clip": 12.0},
               "cases": []}
     print(f"device: {result['environment']['device']}, threads {torch.get_num_threads()}, backends {backends}, "
@@ -317,11 +294,8 @@ def main(argv=None) -> int:
         del x, target
     result["environment"]["loadavg_end"] = os.getloadavg()
     print(f"load average at start {result['environment']['loadavg_start']}, at end {os.getloadavg()}")
-    out = args.out or RESULTS / f"network_{args.device}_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    out = args.out or default_out(f"network_{args.device}")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 
