@@ -1,4 +1,4 @@
-"""Building blocks of the released networks (SPEC §3): conv-norm-activation layers, the
+"""Building blocks of the released networks: conv-norm-activation layers, the
 dual-branch encoder block, stacked convolutions and the nnU-Net decoder.
 
 Every layer is registered once (the released code registers each layer twice, as ``conv`` and
@@ -153,18 +153,21 @@ class DualBranchBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """nnU-Net's decoder without deep supervision.
+    """nnU-Net's decoder, with the release's segmentation heads.
 
     For each of the n-1 upper stages, bottom-up: ConvTranspose3d(below -> skip channels, kernel =
     stride = that stage's stride), trilinear resize (align_corners=True) to the skip's size if they
-    differ, cat(upsampled, skip), ``n_conv`` CNA layers (2c -> c, then c -> c). Segmentation heads
-    (1x1x1 Conv3d with bias) exist for every decoder stage, as in the release, but only the last
-    one is applied: (N, F0, D, H, W) -> logits (N, num_classes, D, H, W).
+    differ, cat(upsampled, skip), ``n_conv`` CNA layers (2c -> c, then c -> c). Every decoder stage
+    has a segmentation head (1x1x1 Conv3d with bias), as in the release. With ``deep_supervision``
+    False (the release) only the last head runs: (N, F0, D, H, W) -> logits (N, num_classes, D, H, W).
+    With it True every head runs and forward returns their logits as nnU-Net's decoder does:
+    a list, the highest resolution first. nnU-Net's trainer switches the flag by setting
+    ``decoder.deep_supervision``.
     """
 
     def __init__(self, layers: LayerFactory, features: Sequence[int], strides: Sequence[Triple],
                  kernel_sizes: Sequence[Triple], num_classes: int, n_conv: Sequence[int],
-                 transposed_bias: bool):
+                 transposed_bias: bool, deep_supervision: bool = False):
         super().__init__()
         n = len(features)
         stages, transpconvs, seg_layers = [], [], []
@@ -180,14 +183,25 @@ class UNetDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.transpconvs = nn.ModuleList(transpconvs)
         self.seg_layers = nn.ModuleList(seg_layers)
+        self.deep_supervision = bool(deep_supervision)
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         x = skips[-1]
+        outputs = []
         for i, (up, stage) in enumerate(zip(self.transpconvs, self.stages)):
             skip = skips[-(i + 2)]
             x = resize_to(up(x), skip.shape[2:])
             x = stage(torch.cat((x, skip), dim=1))
-        return self.seg_layers[-1](x)
+            if self.deep_supervision:
+                outputs.append(self.seg_layers[i](x))
+        if not self.deep_supervision:
+            return self.seg_layers[-1](x)
+        return outputs[::-1]
+
+    def unused_heads(self) -> list[nn.Module]:
+        """The segmentation heads whose output forward does not return (all but the last one
+        without deep supervision)."""
+        return [] if self.deep_supervision else list(self.seg_layers[:-1])
 
 
 def count_modules(module: nn.Module, kind: type | tuple[type, ...]) -> int:

@@ -3,6 +3,7 @@ the original implementation's logits, backends, input checks, plans."""
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pytest
@@ -357,3 +358,91 @@ def test_from_plans_rejects_what_it_cannot_build(change, match):
 def test_dual_branch_has_two_convs_per_stage():
     with pytest.raises(ValueError, match="exactly 2"):
         DualBranchUNet(n_conv_per_stage=3)
+
+
+# --- smallest inputs ---------------------------------------------------------------------------
+
+SMALL_PLAIN_FEATURES = (8, 16, 16, 32, 32, 32)
+
+
+def _run_unchecked(model, x):
+    """The encoder and decoder without the network's input check (what the original code does)."""
+    return model.decoder(model.encoder(x))
+
+
+@pytest.mark.parametrize("cls, features, stride, smallest", [
+    (DualBranchUNet, TINY_FEATURES, (8, 16, 16), [(16, 16, 16), (8, 32, 16), (8, 16, 32)]),
+    (PlainConvUNet, SMALL_PLAIN_FEATURES, (16, 32, 32), [(32, 32, 32), (16, 64, 32), (16, 32, 64)]),
+])
+def test_smallest_input_is_refused_up_front_and_the_suggestion_runs(cls, features, stride, smallest):
+    """The total stride itself gives a one-voxel bottleneck, where InstanceNorm fails deep inside
+    the network: the check refuses it with a size that does run, in training and in eval."""
+    torch.manual_seed(4)
+    model = cls(features_per_stage=features)
+    assert model.total_stride == stride and model.min_input_sizes == smallest
+    x = torch.randn(1, 1, *stride)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        _run_unchecked(model.eval(), x)  # proves the bound: the stride alone does not run
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with pytest.raises(InputSizeError, match="too small") as info:
+            model(x)
+        msg = str(info.value)
+        assert all(str(s) in msg for s in smallest)
+        assert f"pad it to e.g. {smallest[-1]}" in msg
+    for size in smallest:
+        model.train()
+        y = model(torch.randn(2, 1, *size))
+        y.float().mean().backward()
+        assert y.shape == (2, 2, *size)
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(torch.randn(1, 1, *size))).all()
+
+
+@pytest.mark.parametrize("size, suggestion", [((5, 10, 10), (8, 16, 32)), ((8, 16, 16), (8, 16, 32)),
+                                              ((9, 16, 16), (16, 16, 16)), ((8, 30, 16), (8, 32, 16)),
+                                              ((33, 64, 64), (40, 64, 64))])
+def test_suggested_size_is_accepted(size, suggestion, tiny):
+    assert tiny.suggest_input_size(size) == suggestion
+    with pytest.raises(InputSizeError, match=re.escape(str(suggestion))):
+        tiny(torch.zeros(1, 1, *size))
+    with torch.no_grad():
+        assert tiny(torch.zeros(1, 1, *suggestion)).shape == (1, 2, *suggestion)
+
+
+def test_ignored_stride_counts_for_the_bottleneck_not_for_divisibility():
+    """With equal consecutive features the released layer rule ignores a stride, so the bottleneck
+    is larger than input / total stride and the total stride itself is already accepted."""
+    model = SingleBranchUNet(features_per_stage=(8, 16, 16), strides=((1, 1, 1), (2, 2, 2), (2, 2, 2))).eval()
+    assert model.total_stride == (4, 4, 4) and model.bottleneck_stride == (2, 2, 2)
+    assert model.min_input_sizes == [(4, 4, 4)]
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 4, 4, 4)).shape == (1, 2, 4, 4, 4)
+
+
+def test_input_size_error_is_a_fusionseg_error(tiny):
+    from fusionseg_kernels.errors import FusionsegError
+
+    with pytest.raises(FusionsegError):
+        tiny(torch.zeros(1, 1, 8, 16, 16))
+
+
+# --- one constructor -------------------------------------------------------------------------
+
+def test_constructors_keep_their_keywords_and_defaults():
+    import inspect
+
+    names = ["input_channels", "num_classes", "features_per_stage", "strides", "kernel_sizes",
+             "n_conv_per_stage", "n_conv_per_stage_decoder", "conv_bias", "norm_eps", "norm_affine",
+             "negative_slope", "backend"]
+    for cls in (DualBranchUNet, SingleBranchUNet, PlainConvUNet):
+        params = inspect.signature(cls).parameters
+        assert list(params)[:12] == names
+    dual = inspect.signature(DualBranchUNet).parameters
+    plain = inspect.signature(PlainConvUNet).parameters
+    assert dual["features_per_stage"].default == (32, 64, 128, 256, 320)
+    assert dual["conv_bias"].default is False and plain["conv_bias"].default is True
+    assert plain["norm_affine"].default is True and plain["strides"].default[-2] == (2, 2, 2)
+    # positional arguments still work, in the documented order
+    model = DualBranchUNet(1, 3, TINY_FEATURES)
+    assert model.num_classes == 3 and model.features_per_stage == TINY_FEATURES
