@@ -1,0 +1,358 @@
+"""Whole-volume prediction: image files in, one uint8 mask per case out.
+
+`Predictor` loads an nnU-Net model folder once and segments files one at a time, in one of two modes:
+
+- ``exact``: nnU-Net v2's predictor, reproduced — its preprocessing, its sliding window (float16
+  accumulators, Gaussian importance map), the logits resampled back to the original geometry
+  with its export function, then the argmax. Gives the masks ``nnUNetPredictor`` gives.
+- ``fast`` (default): preprocessing on the device with ``F.interpolate`` and no crop,
+  float16/bfloat16 autocast and float16 accumulators on a GPU, the argmax at network resolution,
+  and the label map resized to the original grid by nearest neighbour.
+
+Each case's stage times (read, preprocess, network, postprocess, write) are recorded.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from fusionseg_kernels.errors import EnvironmentSetupError, FusionsegError, ModelFolderError
+
+from . import io
+from .model_folder import ModelBundle, load_model_folder
+from .preprocessing import exact_preprocess, fast_preprocess, new_shape, normalization_of, require_nnunetv2
+from .sliding_window import (is_oom, predict_labels_fast, predict_logits_exact, tile_slices, pad_amounts,
+                             upsample_labels)
+
+STAGES = ("read", "preprocess", "network", "postprocess", "write")
+_AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+@dataclass
+class PredictOptions:
+    device: str | None = None          # "cuda", "cpu"; None: cuda when available
+    backend: str = "auto"              # InceptionDWConv3d backend
+    mode: str = "fast"                 # "fast" or "exact"
+    folds: Sequence[str] | None = None  # None: every fold with a checkpoint
+    tta: bool = False                  # mirroring over the checkpoint's allowed axes
+    step: float = 0.5                  # tile step as a fraction of the patch
+    quiet: bool = False                # no progress bars
+    precision: str = "fp16"            # fast mode on a GPU: autocast dtype ("fp16", "bf16", "fp32")
+    compression_level: int | None = None  # gzip level of .nii.gz masks; None: 1 (fast), library default (exact)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    input: str
+    output: str
+    status: str = "ok"                 # "ok", "failed", "interrupted"
+    error: str | None = None
+    shape_zyx: list | None = None
+    spacing_zyx: list | None = None
+    network_shape: list | None = None
+    tiles: int | None = None
+    results_device: str | None = None
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Clock:
+    def __init__(self, device: torch.device, timings: dict):
+        self.device, self.timings = device, timings
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentSetupError("--device cuda was requested but no CUDA GPU is available here "
+                                    "(torch.cuda.is_available() is False); use --device cpu.")
+    if dev.type not in ("cuda", "cpu"):
+        raise EnvironmentSetupError(f"device {name!r} is not supported; use cuda or cpu.")
+    return dev
+
+
+class Predictor:
+    """Segments CT volumes with the network of an nnU-Net model folder."""
+
+    def __init__(self, model_folder: str | Path | ModelBundle, options: PredictOptions | None = None):
+        self.options = options or PredictOptions()
+        o = self.options
+        if o.mode not in ("fast", "exact"):
+            raise ValueError(f"mode must be 'fast' or 'exact', got {o.mode!r}")
+        if o.precision not in _AMP:
+            raise ValueError(f"precision must be one of {', '.join(_AMP)}, got {o.precision!r}")
+        if not 0 < float(o.step) <= 1:
+            raise ValueError(f"step must be in (0, 1], got {o.step}")
+        if o.mode == "exact":
+            require_nnunetv2()
+        self.device = resolve_device(o.device)
+        self.bundle = (model_folder if isinstance(model_folder, ModelBundle)
+                       else load_model_folder(model_folder, o.folds, backend=o.backend))
+        b = self.bundle
+        if hasattr(b.network, "set_backend"):
+            b.network.set_backend(o.backend)
+        b.network.to(self.device).eval()
+        self.mirror_axes = (b.mirroring_axes if b.mirroring_axes is not None else (0, 1, 2)) if o.tta else None
+        if o.mode == "fast":
+            self.norm_scheme, self.norm_params = normalization_of(b.plans, b.configuration)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    # ------------------------------------------------------------------------------------------
+    def memory_needed(self, header: io.ImageHeader) -> int:
+        """A generous estimate of the host memory one case needs, from its header."""
+        b = self.bundle
+        n = header.n_voxels
+        tf = b.transpose_forward
+        shape = [header.shape_zyx[i] for i in tf]
+        spacing = [header.spacing_zyx[i] for i in tf]
+        n_res = int(np.prod(new_shape(shape, spacing, b.target_spacing), dtype=np.int64))
+        c = b.num_classes
+        if self.options.mode == "fast":
+            per = header.bytes_per_voxel + 1
+            res = 4 * (2 + c) if self.device.type == "cpu" else 0
+        else:  # float32 copies of the image, the probabilities at full resolution, the mask
+            per = header.bytes_per_voxel + 8 + 4 * c + 2
+            res = 8 + 6 * c
+        return n * per + n_res * res + (1 << 30)
+
+    # ------------------------------------------------------------------------------------------
+    def predict_file(self, src: str | Path, dst: str | Path,
+                     on_tile: Callable[[], None] | None = None) -> CaseResult:
+        """Segments one image file into ``dst`` (written atomically). Raises on failure."""
+        src, dst = Path(src), Path(dst)
+        result = CaseResult(case=io.case_name(src), input=str(src), output=str(dst))
+        clock = _Clock(self.device, result.timings)
+        t_start = time.perf_counter()
+        with clock("read"):
+            header = io.read_header(src)
+            io.check_fits_in_memory(header, self.memory_needed(header))
+            image, voxels = io.read_image(header)
+        result.shape_zyx = list(header.shape_zyx)
+        result.spacing_zyx = list(header.spacing_zyx)
+        try:
+            if self.options.mode == "exact":
+                mask = self._exact(image, voxels, header, result, clock, on_tile)
+            else:
+                mask = self._fast(voxels, header, result, clock, on_tile)
+            with clock("write"):
+                level = self.options.compression_level
+                if level is None:
+                    level = 1 if self.options.mode == "fast" else -1
+                io.write_mask(mask, image, dst, compression_level=level)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        result.timings["total"] = time.perf_counter() - t_start
+        return result
+
+    def _progress(self, total: int, desc: str, on_tile):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="tile", disable=self.options.quiet, leave=False,
+                   file=sys.stderr, dynamic_ncols=True)
+
+        def tick():
+            bar.update()
+            if on_tile is not None:
+                on_tile()
+        return bar, tick
+
+    # ------------------------------------------------------------------------------------------
+    def _exact(self, image, voxels, header, result, clock, on_tile) -> np.ndarray:
+        from nnunetv2.configuration import default_num_processes
+        from nnunetv2.inference.export_prediction import \
+            convert_predicted_logits_to_segmentation_with_correct_shape
+
+        b, o = self.bundle, self.options
+        geometry = {"spacing": image.GetSpacing(), "origin": image.GetOrigin(), "direction": image.GetDirection()}
+        with clock("preprocess"):
+            data, props, pm, cm = exact_preprocess(voxels, header.spacing_zyx, geometry, b.plans,
+                                                   b.dataset_json, b.configuration_name)
+            data = torch.from_numpy(data)
+        result.network_shape = list(data.shape[1:])
+        padded = [max(s, p) for s, p in zip(data.shape[1:], b.patch_size)]
+        n_tiles = len(tile_slices(padded, b.patch_size, o.step))
+        result.tiles = n_tiles
+        bar, tick = self._progress(n_tiles * len(b.fold_weights), result.case, on_tile)
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(min(default_num_processes, n_threads))
+        try:
+            with clock("network"):
+                prediction = None
+                for weights in b.fold_weights:
+                    b.network.load_state_dict(weights)
+                    logits = self._exact_one(data, tick, bar, result).to("cpu")
+                    if prediction is None:
+                        prediction = logits
+                    else:
+                        prediction += logits
+                    del logits
+                if len(b.fold_weights) > 1:
+                    prediction /= len(b.fold_weights)
+        finally:
+            torch.set_num_threads(n_threads)
+            bar.close()
+        del data
+        with clock("postprocess"):
+            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+                prediction, pm, cm, pm.get_label_manager(b.dataset_json), props)
+        return np.asarray(seg)
+
+    def _exact_one(self, data, tick, bar, result) -> torch.Tensor:
+        b, o = self.bundle, self.options
+        on_device = self.device.type == "cuda"
+        result.results_device = self.device.type
+        if on_device:
+            try:
+                return predict_logits_exact(b.network, data, b.patch_size, b.num_classes, o.step,
+                                            self.mirror_axes, self.device, True, tick)
+            except RuntimeError:
+                # what nnU-Net does: retry with the results arrays on the CPU
+                torch.cuda.empty_cache()
+                bar.reset()
+                result.results_device = "cpu (after a failure on the device)"
+        return predict_logits_exact(b.network, data, b.patch_size, b.num_classes, o.step,
+                                    self.mirror_axes, self.device, False, tick)
+
+    # ------------------------------------------------------------------------------------------
+    def _fast(self, voxels, header, result, clock, on_tile) -> np.ndarray:
+        b, o = self.bundle, self.options
+        tf, tb = b.transpose_forward, b.transpose_backward
+        image_t = voxels.transpose(tf)
+        spacing_t = [header.spacing_zyx[i] for i in tf]
+        on_gpu = self.device.type == "cuda"
+        with clock("preprocess"):
+            try:
+                volume = fast_preprocess(image_t, spacing_t, b.target_spacing, self.norm_scheme, self.norm_params,
+                                         self.device, torch.float16 if on_gpu else torch.float32)
+            except RuntimeError as err:
+                if not (on_gpu and is_oom(err)):
+                    raise
+                torch.cuda.empty_cache()
+                volume = fast_preprocess(image_t, spacing_t, b.target_spacing, self.norm_scheme, self.norm_params,
+                                         torch.device("cpu"), torch.float32)
+        result.network_shape = list(volume.shape)
+        padded = [s + p0 + p1 for s, (p0, p1) in zip(volume.shape, pad_amounts(volume.shape, b.patch_size))]
+        n_tiles = len(tile_slices(padded, b.patch_size, o.step))
+        result.tiles = n_tiles
+        weights = b.fold_weights if len(b.fold_weights) > 1 else None
+        bar, tick = self._progress(n_tiles * len(b.fold_weights), result.case, on_tile)
+        amp = _AMP[o.precision]
+        try:
+            with clock("network"):
+                try:
+                    result.results_device = self.device.type
+                    labels = predict_labels_fast(weights, b.network, volume, b.patch_size, b.num_classes, o.step,
+                                                 self.mirror_axes, self.device, amp, True, tick)
+                except RuntimeError as err:
+                    if not (on_gpu and is_oom(err)):
+                        raise
+                    torch.cuda.empty_cache()
+                    bar.reset()
+                    result.results_device = "cpu (after running out of GPU memory)"
+                    labels = predict_labels_fast(weights, b.network, volume, b.patch_size, b.num_classes, o.step,
+                                                 self.mirror_axes, self.device, amp, False, tick)
+        finally:
+            bar.close()
+        del volume
+        with clock("postprocess"):
+            shape_t = [header.shape_zyx[i] for i in tf]
+            mask_t = upsample_labels(labels, shape_t)
+            del labels
+            mask = mask_t.transpose(tb)
+        return mask
+
+    # ------------------------------------------------------------------------------------------
+    def predict_paths(self, sources: Iterable[Path], output_folder: str | Path,
+                      report: Callable[[str], None] | None = None,
+                      on_tile: Callable[[], None] | None = None) -> list[CaseResult]:
+        """Segments every file; a failing case is reported (one line) and skipped, an interruption
+        stops the run after the current case's partial output is removed."""
+        out = io.prepare_output_folder(output_folder)
+        report = report or (lambda line: print(line, file=sys.stderr))
+        results = []
+        sources = list(sources)
+        for i, src in enumerate(sources):
+            dst = out / io.output_name(src)
+            try:
+                results.append(self.predict_file(src, dst, on_tile))
+            except KeyboardInterrupt:
+                results.append(CaseResult(io.case_name(src), str(src), str(dst), "interrupted",
+                                          "interrupted; no mask written"))
+                report(f"{src}: interrupted; no mask written for case {io.case_name(src)}"
+                       + (f", {len(sources) - i - 1} case(s) not started" if i + 1 < len(sources) else ""))
+                break
+            except FusionsegError as err:
+                results.append(CaseResult(io.case_name(src), str(src), str(dst), "failed", str(err)))
+                report(f"case {io.case_name(src)}: {err}")
+            except Exception as err:  # a failure inside one case must not stop the others
+                msg = " ".join(str(err).split())[:300]
+                results.append(CaseResult(io.case_name(src), str(src), str(dst), "failed",
+                                          f"{type(err).__name__}: {msg}"))
+                report(f"case {io.case_name(src)}: {src} failed ({type(err).__name__}: {msg})")
+        return results
+
+
+def format_timings(results: Sequence[CaseResult]) -> str:
+    """A table of the stage times (seconds) of every case."""
+    head = f"{'case':<28}" + "".join(f"{s:>12}" for s in (*STAGES, "total")) + "  status"
+    lines = [head]
+    for r in results:
+        cells = "".join(f"{r.timings[s]:>12.2f}" if s in r.timings else f"{'-':>12}" for s in (*STAGES, "total"))
+        lines.append(f"{r.case[:28]:<28}{cells}  {r.status}")
+    return "\n".join(lines)
+
+
+def timings_document(results: Sequence[CaseResult], predictor: Predictor, allocator: str) -> dict:
+    o = predictor.options
+    b = predictor.bundle
+    return {
+        "settings": {"mode": o.mode, "device": str(predictor.device), "backend": o.backend,
+                     "network_backend": getattr(b.network, "backend", None),
+                     "precision": o.precision if predictor.device.type == "cuda" and o.mode == "fast" else "fp32",
+                     "tta": o.tta, "mirror_axes": list(predictor.mirror_axes or []), "step": o.step,
+                     "folds": b.folds, "model_folder": str(b.folder), "network": type(b.network).__name__,
+                     "patch_size": list(b.patch_size), "target_spacing": list(b.target_spacing),
+                     "torch_threads": torch.get_num_threads(), "allocator": allocator,
+                     "torch": torch.__version__},
+        "stages": list(STAGES),
+        "cases": [r.as_dict() for r in results],
+    }
+
+
+def predict(inputs: str | Path, output_folder: str | Path, model_folder: str | Path,
+            options: PredictOptions | None = None) -> list[CaseResult]:
+    """Segments a file or every image of a folder into ``output_folder``; see `Predictor`."""
+    sources = io.list_inputs(inputs)
+    return Predictor(model_folder, options).predict_paths(sources, output_folder)
+
+
+__all__ = ["CaseResult", "PredictOptions", "Predictor", "STAGES", "format_timings", "predict",
+           "resolve_device", "timings_document", "ModelFolderError"]
