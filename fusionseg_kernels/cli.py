@@ -42,6 +42,78 @@ def add_complexity(subparsers) -> None:
 SUBCOMMANDS: list[Callable] = [add_complexity]
 
 
+def add_profile(subparsers) -> None:
+    from pathlib import Path
+
+    p = subparsers.add_parser(
+        "profile", help="time and memory-time curve of a command (GPU through NVML, else RSS), as FLARE measures",
+        description="Runs COMMAND while a background thread samples memory every --interval seconds: the whole "
+                    "GPU's used memory through NVML, or without a GPU the resident memory of the command's "
+                    "process tree. Reports wall time, max MB, total MB·s (sum of samples × interval) and the "
+                    "curve; the command's exit status is passed through. --per-case runs COMMAND once per "
+                    "<case>_0000.nii.gz of -i, {input} replaced by a folder holding only that case and {output} "
+                    "by -o.")
+    p.add_argument("--json", type=Path, help="write the profile here (--per-case: also .csv, .md and "
+                   "_curves.csv beside it; default OUTPUT/profile.json)")
+    p.add_argument("--interval", type=float, default=0.1, help="seconds between samples (default 0.1)")
+    p.add_argument("--device-index", type=int, default=0, help="NVML index of the GPU (default 0)")
+    p.add_argument("--source", choices=("auto", "nvml", "rss"), default="auto",
+                   help="auto (default): NVML when it works, else RSS")
+    p.add_argument("--per-case", action="store_true", help="FLARE's protocol: one run per case")
+    p.add_argument("-i", "--input", type=Path, help="--per-case: folder of <case>_0000.nii.gz images")
+    p.add_argument("-o", "--output", type=Path, help="--per-case: output folder ({output})")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND ...")
+
+    def run(args):
+        from fusionseg_kernels.profiling import run_cli
+
+        return run_cli(args, p.error)
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS.append(add_profile)
+
+
+def add_predict(subparsers) -> None:
+    from pathlib import Path
+
+    p = subparsers.add_parser(
+        "predict", help="segment CT volumes with an nnU-Net model folder (one uint8 mask per case)",
+        description="Segments a CT file or every image of a folder (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr) "
+                    "with the network of an nnU-Net v2 model folder and writes one mask per case with the "
+                    "input's geometry; <case>_0000.nii.gz becomes <case>.nii.gz. --mode exact reproduces "
+                    "nnU-Net v2's predictor (needs nnunetv2); --mode fast (default) preprocesses on the "
+                    "device and takes the argmax at network resolution. See docs/inference.md.")
+    p.add_argument("-i", "--input", required=True, type=Path, help="an image file or a folder of images")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if needed)")
+    p.add_argument("-m", "--model", required=True, type=Path,
+                   help="nnU-Net model folder: plans.json, dataset.json, fold_*/checkpoint_final.pth")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto (default): cuda when a GPU is available")
+    p.add_argument("--backend", choices=("auto", "reference", "cpu", "cuda", "triton"), default="auto",
+                   help="InceptionDWConv3d backend (default auto)")
+    p.add_argument("--mode", choices=("exact", "fast"), default="fast", help="default fast")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to use (default: every fold_N with a checkpoint)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (up to 8 passes per tile)")
+    p.add_argument("--step", type=float, default=0.5, help="tile step as a fraction of the patch (default 0.5)")
+    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16",
+                   help="fast mode on a GPU: autocast dtype (default fp16)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-keep-freed-memory", action="store_true",
+                   help="leave glibc's malloc thresholds alone (default: keep freed memory for reuse)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no timing table")
+    p.add_argument("--timings", type=Path, metavar="FILE", help="write per-case stage times as JSON")
+
+    def run(args):
+        from fusionseg_kernels.inference.cli import run_predict
+
+        return run_predict(args)
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS.append(add_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionseg", description="fusionseg: fused InceptionDWConv3d "
                                      "kernels and the dual-branch FLARE 2025 U-Net")

@@ -115,8 +115,10 @@ def fast_preprocess(image: np.ndarray, spacing: Sequence[float], target_spacing:
     inplane = torch.empty((d, nh, nw), dtype=out_dtype, device=device)
     step = _slab_count(h * w)
     for z0 in range(0, d, step):
-        chunk = np.ascontiguousarray(image[z0:z0 + step])
-        t = torch.from_numpy(chunk).to(device, non_blocking=False).to(torch.float32)
+        chunk = image[z0:z0 + step]
+        if not (chunk.flags.writeable and chunk.flags.c_contiguous):
+            chunk = np.array(chunk, order="C")  # SimpleITK's array views are read-only
+        t = torch.from_numpy(chunk).to(device).to(torch.float32)
         if scheme == "CTNormalization":
             t.clamp_(params["percentile_00_5"], params["percentile_99_5"])
             t.sub_(params["mean"]).div_(max(params["std"], 1e-8))
