@@ -748,3 +748,20 @@ def write_dataset(out_dir: str | os.PathLike, n: int = 4, size: Sequence[int] = 
     }
     _write_text_atomic(os.path.join(out_dir, "dataset.json"), json.dumps(meta, indent=2) + "\n")
     return names
+
+
+def run_cli(args) -> int:
+    """`fusionseg synth -o DIR [-n N] [--size Z Y X] [--spacing Z Y X] [--seed S]`."""
+    import time
+
+    t0 = time.perf_counter()
+    size = DEFAULT_SIZE if args.size is None else tuple(args.size)
+    spacing = DEFAULT_SPACING if args.spacing is None else tuple(args.spacing)
+    names = write_dataset(args.output, n=args.n, size=size, spacing=spacing, seed=args.seed)
+    no_lesion = [c for i, c in enumerate(names) if not has_lesions(args.seed + i)]
+    print(f"wrote {len(names)} cases ({names[0]} .. {names[-1]}; size z, y, x = {size}, "
+          f"spacing z, y, x = {spacing} mm) to {args.output}: imagesTr/, labelsTr/, "
+          f"dataset.json in {time.perf_counter() - t0:.1f} s")
+    if no_lesion:
+        print(f"cases without lesions: {', '.join(no_lesion)}")
+    return 0

@@ -1,0 +1,233 @@
+"""Lesion segmentation scores as the FLARE task-1 evaluation computes them: DSC and NSD at 2 mm.
+
+Rules for one case (prediction and ground truth of the same file name):
+
+1. Both masks are read with SimpleITK and cast to uint8 (as numpy casts: 256 wraps to 0, 1.7
+   truncates to 1); the spacing is the ground truth's, turned into array order (z, y, x).
+2. A prediction holding any label above 1 scores DSC 0 and NSD 0.
+3. The lesion is label 1 on both sides. Both empty: DSC 1, NSD 1. Exactly one empty: 0 and 0.
+4. Otherwise DSC = 2|G ∩ P| / (|G| + |P|) and NSD = DeepMind surface-distance's surface Dice at
+   2 mm (`compute_surface_distances(gt, pred, spacing)` then
+   `compute_surface_dice_at_tolerance(..., 2)`), except that NSD is taken as 0 when DSC < 0.2.
+
+Folders: every ``<case>.nii.gz`` of the ground-truth folder is a case. A case without a
+prediction scores 0 and 0, counts in the means and is marked ``no prediction`` in the CSV; a
+prediction without ground truth is listed (``no ground truth``, empty scores) and not scored. A
+prediction whose size differs from its ground truth stops the evaluation with an error naming
+the case.
+
+surface-distance 0.1 uses ``np.Inf`` and ``np.NaN`` (both gone in numpy 2) only for empty masks;
+rule 3 settles every case with an empty mask before surface-distance is called, so it runs
+unchanged on numpy 2.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import uuid
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from fusionseg_kernels.errors import EvaluationError, InputImageError, OutputFolderError
+
+__all__ = ["score_case", "score_case_detail", "read_mask", "evaluate_folders", "summarize",
+           "write_csv", "TOLERANCE_MM", "NSD_DSC_THRESHOLD"]
+
+TOLERANCE_MM = 2.0
+NSD_DSC_THRESHOLD = 0.2
+_SUFFIX = ".nii.gz"
+
+NOTE_LABEL_ABOVE_1 = "prediction has labels above 1"
+NOTE_BOTH_EMPTY = "both empty"
+NOTE_PRED_EMPTY = "empty prediction"
+NOTE_GT_EMPTY = "empty ground truth"
+NOTE_LOW_DSC = "DSC below 0.2, NSD set to 0"
+NOTE_NO_PRED = "no prediction"
+NOTE_NO_GT = "no ground truth"
+
+
+def _as_uint8(a) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # float -> uint8 of out-of-range values
+        return a.astype(np.uint8)
+
+
+def score_case_detail(pred: np.ndarray, gt: np.ndarray,
+                      spacing_zyx: Sequence[float]) -> tuple[float, float, str]:
+    """`score_case` plus a note naming the rule that decided the score ('' for the plain
+    DSC/NSD computation)."""
+    import surface_distance as sd
+
+    pred, gt = _as_uint8(pred), _as_uint8(gt)
+    if pred.shape != gt.shape:
+        raise EvaluationError(f"the prediction's shape {pred.shape} differs from the ground "
+                              f"truth's {gt.shape}.")
+    spacing = tuple(float(s) for s in spacing_zyx)
+    if len(spacing) != gt.ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise EvaluationError(f"spacing {spacing} must hold one positive value per axis of the "
+                              f"{gt.ndim}-D masks.")
+    if pred.size and int(pred.max()) > 1:
+        return 0.0, 0.0, NOTE_LABEL_ABOVE_1
+    g, p = gt == 1, pred == 1
+    g_any, p_any = bool(g.any()), bool(p.any())
+    if not g_any and not p_any:
+        return 1.0, 1.0, NOTE_BOTH_EMPTY
+    if not p_any:
+        return 0.0, 0.0, NOTE_PRED_EMPTY
+    if not g_any:
+        return 0.0, 0.0, NOTE_GT_EMPTY
+    dsc = float(sd.compute_dice_coefficient(g, p))
+    if dsc < NSD_DSC_THRESHOLD:
+        return dsc, 0.0, NOTE_LOW_DSC
+    with warnings.catch_warnings():
+        # surface-distance imports from scipy.ndimage's deprecated sub-namespaces
+        warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                message=r".*scipy\.ndimage.*namespace")
+        dists = sd.compute_surface_distances(g, p, spacing)
+        nsd = float(sd.compute_surface_dice_at_tolerance(dists, TOLERANCE_MM))
+    return dsc, nsd, ""
+
+
+def score_case(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[float, float]:
+    """(DSC, NSD at 2 mm) of one case by FLARE's rules (module docstring).
+
+    pred, gt: label arrays of the same shape in (z, y, x) order, any integer or float dtype
+    (cast to uint8); spacing_zyx: voxel size in mm in the same axis order (z, y, x).
+    """
+    dsc, nsd, _ = score_case_detail(pred, gt, spacing_zyx)
+    return dsc, nsd
+
+
+def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reads a 3-D mask with SimpleITK: (uint8 array (z, y, x), spacing (z, y, x) in mm)."""
+    import SimpleITK as sitk
+
+    path = os.fspath(path)
+    try:
+        img = sitk.ReadImage(path)
+    except RuntimeError:
+        raise InputImageError(f"SimpleITK cannot read {path} as an image.") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"{path} is not a 3-D single-channel mask (dimension "
+                              f"{img.GetDimension()}, {img.GetNumberOfComponentsPerPixel()} components).")
+    view = sitk.GetArrayViewFromImage(img)        # valid only while `img` lives: copy it
+    arr = view.copy() if view.dtype == np.uint8 else _as_uint8(view)
+    return arr, tuple(float(s) for s in reversed(img.GetSpacing()))
+
+
+def _cases(folder: str, role: str) -> dict[str, str]:
+    if not os.path.isdir(folder):
+        raise EvaluationError(f"the {role} folder {folder} does not exist or is not a folder.")
+    return {f[:-len(_SUFFIX)]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.endswith(_SUFFIX) and not f.startswith(".") and os.path.isfile(os.path.join(folder, f))}
+
+
+def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+                     progress=None) -> list[dict]:
+    """Scores every ``<case>.nii.gz`` of `gt_dir` against the file of the same name in `pred_dir`.
+
+    Returns one row per case, sorted by case name: dict(case, dsc, nsd, note) with dsc/nsd
+    floats, or None for a prediction that has no ground truth (note ``no ground truth``). A case
+    without a prediction gets 0, 0 and note ``no prediction``. `progress`, if given, is called
+    with each row as it is computed.
+    """
+    pred_dir, gt_dir = os.fspath(pred_dir), os.fspath(gt_dir)
+    gts = _cases(gt_dir, "ground-truth")
+    preds = _cases(pred_dir, "prediction")
+    if not gts:
+        raise EvaluationError(f"the ground-truth folder {gt_dir} holds no {_SUFFIX} files.")
+    rows = []
+    for case in sorted(set(gts) | set(preds)):
+        if case not in gts:
+            row = dict(case=case, dsc=None, nsd=None, note=NOTE_NO_GT)
+        elif case not in preds:
+            row = dict(case=case, dsc=0.0, nsd=0.0, note=NOTE_NO_PRED)
+        else:
+            gt, spacing = read_mask(gts[case])
+            pred, _ = read_mask(preds[case])
+            if pred.shape != gt.shape:
+                raise EvaluationError(
+                    f"case {case}: the prediction {preds[case]} has size (z, y, x) = {pred.shape} "
+                    f"but the ground truth {gts[case]} has {gt.shape}.")
+            dsc, nsd, note = score_case_detail(pred, gt, spacing)
+            row = dict(case=case, dsc=dsc, nsd=nsd, note=note)
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means over the ground-truth cases (missing predictions count as 0): dict(n, mean_dsc,
+    mean_nsd, missing_predictions, missing_ground_truth)."""
+    scored = [r for r in rows if r["dsc"] is not None]
+    n = len(scored)
+    return dict(n=n,
+                mean_dsc=sum(r["dsc"] for r in scored) / n if n else float("nan"),
+                mean_nsd=sum(r["nsd"] for r in scored) / n if n else float("nan"),
+                missing_predictions=[r["case"] for r in rows if r["note"] == NOTE_NO_PRED],
+                missing_ground_truth=[r["case"] for r in rows if r["note"] == NOTE_NO_GT])
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Writes the rows as CSV with columns case,dsc,nsd,note, atomically (temporary file in the
+    destination folder, then rename). Creates the folder."""
+    path = os.fspath(path)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "dsc", "nsd", "note"])
+    for r in rows:
+        w.writerow([r["case"], "" if r["dsc"] is None else repr(r["dsc"]),
+                    "" if r["nsd"] is None else repr(r["nsd"]), r["note"]])
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise OutputFolderError(f"cannot write {path}: {err.strerror or err}.") from None
+
+
+def run_cli(args) -> int:
+    """`fusionseg evaluate --pred DIR --gt DIR -o metrics.csv`."""
+    import sys
+
+    if os.path.isdir(args.output):
+        raise OutputFolderError(f"the output {args.output} is a folder; give a .csv file name.")
+
+    def show(row):
+        if row["note"] == NOTE_NO_GT:
+            print(f"warning: {row['case']}{_SUFFIX} in {args.pred} has no ground truth in {args.gt} "
+                  f"(listed, not scored)", file=sys.stderr)
+        elif row["note"] == NOTE_NO_PRED:
+            print(f"warning: {row['case']}{_SUFFIX} in {args.gt} has no prediction in {args.pred} "
+                  f"(counted as DSC 0, NSD 0)", file=sys.stderr)
+        elif not args.quiet:
+            print(f"{row['case']}  DSC {row['dsc']:.4f}  NSD {row['nsd']:.4f}"
+                  + (f"  ({row['note']})" if row["note"] else ""))
+
+    rows = evaluate_folders(args.pred, args.gt, progress=show)
+    write_csv(rows, args.output)
+    s = summarize(rows)
+    extra = []
+    if s["missing_predictions"]:
+        extra.append(f"{len(s['missing_predictions'])} without a prediction counted as 0")
+    if s["missing_ground_truth"]:
+        extra.append(f"{len(s['missing_ground_truth'])} predictions without ground truth not scored")
+    print(f"mean DSC {s['mean_dsc']:.4f}  mean NSD {s['mean_nsd']:.4f}  over {s['n']} cases"
+          + (f" ({'; '.join(extra)})" if extra else ""))
+    print(f"wrote {args.output}")
+    return 0
