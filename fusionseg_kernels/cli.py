@@ -165,6 +165,59 @@ def add_nnunet_plans(subparsers) -> None:
 SUBCOMMANDS.append(add_nnunet_plans)
 
 
+def add_synth(subparsers) -> None:
+    from pathlib import Path
+
+    p = subparsers.add_parser(
+        "synth", help="write an nnU-Net raw dataset of synthetic whole-body CTs with lesion labels",
+        description="Writes N synthetic whole-body CT cases (int16 HU) with lesion masks as an nnU-Net v2 "
+                    "raw dataset: imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz, dataset.json. Case i "
+                    "is drawn from seed S+i; seeds with seed %% 4 == 3 have no lesion. Sizes and spacings "
+                    "are in array order (z, y, x); at most 600 slices of 512 x 512. See "
+                    "docs/data_and_evaluation.md.")
+    p.add_argument("-o", "--output", required=True, type=Path, help="dataset folder (created if needed)")
+    p.add_argument("-n", type=int, default=4, help="number of cases (default 4)")
+    p.add_argument("--size", nargs=3, type=int, metavar=("Z", "Y", "X"),
+                   help="voxels per axis (default 128 256 256)")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="voxel size in mm (default 5.0 1.6 1.6)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
+
+    def run(args):
+        from fusionseg_kernels.data.synth import run_cli
+
+        return run_cli(args)
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS.append(add_synth)
+
+
+def add_evaluate(subparsers) -> None:
+    from pathlib import Path
+
+    p = subparsers.add_parser(
+        "evaluate", help="DSC and NSD (2 mm) of predicted lesion masks, scored as FLARE task 1 does",
+        description="Scores every <case>.nii.gz of --gt against the file of the same name in --pred: DSC "
+                    "and NSD at 2 mm (DeepMind surface-distance, ground-truth spacing), labels above 1 "
+                    "score 0, both empty 1, one empty 0, NSD 0 when DSC < 0.2. Writes case,dsc,nsd,note "
+                    "and prints the means; a case without prediction counts as 0. See "
+                    "docs/data_and_evaluation.md.")
+    p.add_argument("--pred", required=True, type=Path, help="folder of predicted masks <case>.nii.gz")
+    p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth masks <case>.nii.gz")
+    p.add_argument("-o", "--output", required=True, type=Path, help="CSV file to write")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-case lines (warnings and means only)")
+
+    def run(args):
+        from fusionseg_kernels.evaluation import run_cli
+
+        return run_cli(args)
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS.append(add_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionseg", description="fusionseg: fused InceptionDWConv3d "
                                      "kernels and the dual-branch FLARE 2025 U-Net")
