@@ -30,6 +30,11 @@ def _load() -> tuple[bool, str]:
     return True, ""
 
 
+def extension_status() -> tuple[bool, str]:
+    """(True, "") when the C++ operator library is loaded, else (False, how to build it)."""
+    return _load()
+
+
 def extension_available() -> bool:
     return _load()[0]
 
@@ -58,5 +63,7 @@ def build_info() -> dict:
     return info
 
 
+@functools.lru_cache(maxsize=None)
 def has_cuda_kernels() -> bool:
+    """Whether the loaded library contains CUDA kernels (cached: the build cannot change in a process)."""
     return extension_available() and bool(build_info()["cuda_archs"])

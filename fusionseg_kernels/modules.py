@@ -6,7 +6,15 @@ import math
 import torch
 from torch import nn
 
-from .ops.inception_dwconv3d import BACKENDS, inception_dwconv3d
+from .ops.inception_dwconv3d import inception_dwconv3d
+from .ops.inception_dwconv3d.dispatch import check_backend_name
+
+
+def _require_int(name: str, value) -> int:
+    # bool is an int subclass, floats like 16.0 would silently truncate elsewhere: both refused.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"InceptionDWConv3d: {name} must be an int, got {value!r}")
+    return value
 
 
 class DepthwiseConv3dParams(nn.Module):
@@ -36,7 +44,7 @@ class DepthwiseConv3dParams(nn.Module):
 
 
 class InceptionDWConv3d(nn.Module):
-    """Inception depthwise convolution over (N, C, D, H, W) (SPEC §2).
+    """Inception depthwise convolution over (N, C, D, H, W) (see docs/op.md).
 
     gc = floor(in_channels * branch_ratio) channels each go through a cube (k×k×k) conv and three
     band convs (strips 1×1×b, 1×b×1, b×1×1, or with ``band_shape="plane"`` 1×b×b, b×1×b, b×b×1);
@@ -49,6 +57,13 @@ class InceptionDWConv3d(nn.Module):
                  branch_ratio: float = 0.125, band_shape: str = "strip", bias: bool = True,
                  backend: str = "auto"):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("cube_kernel_size", cube_kernel_size),
+                            ("band_kernel_size", band_kernel_size)):
+            _require_int(name, value)
+        if isinstance(branch_ratio, bool) or not isinstance(branch_ratio, (int, float)):
+            raise TypeError(f"InceptionDWConv3d: branch_ratio must be a number, got {branch_ratio!r}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"InceptionDWConv3d: bias must be True or False, got {bias!r}")
         if in_channels < 1:
             raise ValueError(f"InceptionDWConv3d: in_channels must be positive, got {in_channels}")
         for name, k in (("cube_kernel_size", cube_kernel_size), ("band_kernel_size", band_kernel_size)):
@@ -79,9 +94,7 @@ class InceptionDWConv3d(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"InceptionDWConv3d: unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
-        self._backend = value
+        self._backend = check_backend_name(value)
 
     def reset_parameters(self) -> None:
         for m in (self.dwconv_hwd, self.dwconv_wd, self.dwconv_hd, self.dwconv_hw):

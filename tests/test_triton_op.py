@@ -392,7 +392,20 @@ def test_gpu_table_records_the_fastest_backend_that_passed(tmp_path, monkeypatch
     assert got == {("large", "triton"), ("small", "reference")}
     saved = json.loads(table.read_text())["entries"]
     assert {k for e in saved for k in e} >= {"device_name", "dtype", "size_class", "backend"}
-    assert all(e["device_name"] == "NVIDIA H100" and e["dtype"] == "bf16" for e in saved)
+    assert all(e["device_name"] == "NVIDIA H100" and e["dtype"] == "bfloat16" for e in saved)
+    # Round trip: what the writer recorded is what `auto` reads, under the same key function.
+    from fusionseg_kernels.ops.inception_dwconv3d import dispatch
+
+    monkeypatch.setattr(dispatch, "GPU_TABLE_PATH", table)
+    dispatch.clear_backend_cache()
+    try:
+        read = dispatch._gpu_table()
+        assert read[dispatch.gpu_table_key("NVIDIA H100", torch.bfloat16, big)] == "triton"
+        assert read[dispatch.gpu_table_key("NVIDIA H100", "bf16", small)] == "reference"
+        assert dispatch.gpu_table_key("NVIDIA H100", torch.float32, big) not in read
+    finally:
+        monkeypatch.undo()
+        dispatch.clear_backend_cache()
 
 
 def test_layer_shapes_cover_the_28_calls():

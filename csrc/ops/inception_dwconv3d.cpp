@@ -1,8 +1,6 @@
-// The fusionseg operator library: schemas (defined once), argument checks, autocast
-// rules and build information. Device kernels live in cpu/ and cuda/.
+// The fusionseg operator library: schemas (defined once), argument checks and build
+// information. Device kernels live in cpu/ and cuda/.
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
@@ -24,6 +22,8 @@ std::string cuda_build_info_json();  // defined in cuda/, reports __CUDA_ARCH_LI
 
 namespace fusionseg {
 
+int64_t cpu_streaming_store_passes();  // cpu/: passes of the CPU kernel that used streaming stores
+
 namespace {
 
 const char* kGroupName[kNumConvGroups] = {"cube_weight", "w_weight", "h_weight", "d_weight"};
@@ -39,6 +39,37 @@ bool poison_outputs_enabled() {
   return enabled;
 }
 
+// The four dtypes the op computes in.
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// A dtype as Python spells it ("torch.float32"), so messages read the same from every backend.
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kBool: return "torch.bool";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kComplexHalf: return "torch.complex32";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    case at::kFloat8_e4m3fn: return "torch.float8_e4m3fn";
+    case at::kFloat8_e5m2: return "torch.float8_e5m2";
+    case at::kFloat8_e4m3fnuz: return "torch.float8_e4m3fnuz";
+    case at::kFloat8_e5m2fnuz: return "torch.float8_e5m2fnuz";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+// The checks and sentences of fusionseg_kernels/ops/inception_dwconv3d/validation.py, in the
+// same order, as ValueError (TORCH_CHECK_VALUE) or TypeError (TORCH_CHECK_TYPE).
 IdcConfig check_inception_dwconv3d_args(const at::Tensor& x,
                                         const at::Tensor& cube_weight,
                                         const std::optional<at::Tensor>& cube_bias,
@@ -48,11 +79,11 @@ IdcConfig check_inception_dwconv3d_args(const at::Tensor& x,
                                         const std::optional<at::Tensor>& h_bias,
                                         const at::Tensor& d_weight,
                                         const std::optional<at::Tensor>& d_bias) {
-  TORCH_CHECK(x.dim() == 5, "inception_dwconv3d expects a 5-D input (N, C, D, H, W), got ",
-              x.dim(), " dimensions");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
-              "inception_dwconv3d expects a floating-point input (float32, float64, float16 or "
-              "bfloat16), got ", x.scalar_type());
+  static const char* kFloats = "float32, float64, float16 or bfloat16";
+  TORCH_CHECK_VALUE(x.dim() == 5, "inception_dwconv3d expects a 5-D input (N, C, D, H, W), got shape ",
+                    x.sizes());
+  TORCH_CHECK_TYPE(is_supported_float(x.scalar_type()), "inception_dwconv3d expects a ", kFloats,
+                   " input, got ", dtype_name(x.scalar_type()));
   const at::Tensor* weights[kNumConvGroups] = {&cube_weight, &w_weight, &h_weight, &d_weight};
   const std::optional<at::Tensor>* biases[kNumConvGroups] = {&cube_bias, &w_bias, &h_bias, &d_bias};
 
@@ -61,36 +92,37 @@ IdcConfig check_inception_dwconv3d_args(const at::Tensor& x,
   cfg.gc = cube_weight.dim() > 0 ? cube_weight.size(0) : 0;
   for (int g = 0; g < kNumConvGroups; ++g) {
     const at::Tensor& w = *weights[g];
-    TORCH_CHECK(w.dim() == 5 && w.size(1) == 1,
-                "inception_dwconv3d: ", kGroupName[g],
-                " must have the shape of a depthwise Conv3d weight (gc, 1, kd, kh, kw), got ",
-                w.sizes());
-    TORCH_CHECK(w.size(0) == cfg.gc, "inception_dwconv3d: all four weights must have the same "
-                "number of channels gc; cube_weight has ", cfg.gc, " but ", kGroupName[g], " has ",
-                w.size(0));
-    TORCH_CHECK(at::isFloatingType(w.scalar_type()), "inception_dwconv3d: ", kGroupName[g],
-                " must be floating point, got ", w.scalar_type());
-    TORCH_CHECK(w.device() == x.device(), "inception_dwconv3d: ", kGroupName[g], " is on ",
-                w.device(), " but the input is on ", x.device());
+    TORCH_CHECK_VALUE(w.dim() == 5 && w.size(1) == 1, "inception_dwconv3d: ", kGroupName[g],
+                      " must have the shape of a depthwise Conv3d weight (gc, 1, kd, kh, kw), got shape ",
+                      w.sizes());
+    TORCH_CHECK_VALUE(w.size(0) == cfg.gc, "inception_dwconv3d: all four weights must have the same "
+                      "number of channels gc; cube_weight has ", cfg.gc, " but ", kGroupName[g], " has ",
+                      w.size(0));
+    TORCH_CHECK_TYPE(is_supported_float(w.scalar_type()), "inception_dwconv3d: ", kGroupName[g],
+                     " must be ", kFloats, ", got ", dtype_name(w.scalar_type()));
+    TORCH_CHECK_VALUE(w.device() == x.device(), "inception_dwconv3d: ", kGroupName[g], " is on ",
+                      w.device(), " but the input is on ", x.device());
+    bool odd = true;
     for (int a = 0; a < 3; ++a) {
       const int64_t k = w.size(2 + a);
-      TORCH_CHECK(k >= 1 && k % 2 == 1, "inception_dwconv3d: kernel sizes must be odd (zero "
-                  "padding k//2 keeps the shape), but ", kGroupName[g], " has kernel ",
-                  w.sizes().slice(2));
+      odd = odd && k >= 1 && k % 2 == 1;
       cfg.kernel[g][a] = k;
     }
-    const auto& b = *biases[g];
-    if (b.has_value() && b->defined()) {
-      TORCH_CHECK(b->dim() == 1 && b->size(0) == cfg.gc, "inception_dwconv3d: ", kBiasName[g],
-                  " must have shape (", cfg.gc, "), got ", b->sizes());
-      TORCH_CHECK(b->device() == x.device(), "inception_dwconv3d: ", kBiasName[g], " is on ",
-                  b->device(), " but the input is on ", x.device());
-      TORCH_CHECK(at::isFloatingType(b->scalar_type()), "inception_dwconv3d: ", kBiasName[g],
-                  " must be floating point, got ", b->scalar_type());
-    }
+    TORCH_CHECK_VALUE(odd, "inception_dwconv3d: kernel sizes must be odd (zero padding k//2 keeps the "
+                      "shape), but ", kGroupName[g], " has kernel ", w.sizes().slice(2));
   }
-  TORCH_CHECK(4 * cfg.gc <= cfg.channels, "inception_dwconv3d: the input has ", cfg.channels,
-              " channels, fewer than the 4 * gc = ", 4 * cfg.gc, " the weights need");
+  for (int g = 0; g < kNumConvGroups; ++g) {
+    const auto& b = *biases[g];
+    if (!b.has_value() || !b->defined()) continue;
+    TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == cfg.gc, "inception_dwconv3d: ", kBiasName[g],
+                      " must have shape [", cfg.gc, "], got shape ", b->sizes());
+    TORCH_CHECK_TYPE(is_supported_float(b->scalar_type()), "inception_dwconv3d: ", kBiasName[g],
+                     " must be ", kFloats, ", got ", dtype_name(b->scalar_type()));
+    TORCH_CHECK_VALUE(b->device() == x.device(), "inception_dwconv3d: ", kBiasName[g], " is on ",
+                      b->device(), " but the input is on ", x.device());
+  }
+  TORCH_CHECK_VALUE(4 * cfg.gc <= cfg.channels, "inception_dwconv3d: the input has ", cfg.channels,
+                    " channels, fewer than the 4 * gc = ", 4 * cfg.gc, " the weights need");
   cfg.identity = cfg.channels - 4 * cfg.gc;
   return cfg;
 }
@@ -123,23 +155,6 @@ std::string build_info_json() {
   return s.str();
 }
 
-// Under autocast the op runs in the autocast dtype: x is cast (weights are cast inside the
-// op), then the op is redispatched below the autocast key.
-template <c10::DispatchKey AutocastKey, c10::DeviceType Device>
-at::Tensor forward_autocast(const at::Tensor& x, const at::Tensor& cube_weight,
-                            const std::optional<at::Tensor>& cube_bias, const at::Tensor& w_weight,
-                            const std::optional<at::Tensor>& w_bias, const at::Tensor& h_weight,
-                            const std::optional<at::Tensor>& h_bias, const at::Tensor& d_weight,
-                            const std::optional<at::Tensor>& d_bias) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(AutocastKey);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fusionseg::inception_dwconv3d_forward", "")
-                       .typed<decltype(forward_autocast<AutocastKey, Device>)>();
-  const auto dtype = at::autocast::get_autocast_dtype(Device);
-  const at::Tensor xc = at::isFloatingType(x.scalar_type()) ? x.to(dtype) : x;
-  return op.call(xc, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias);
-}
-
 }  // namespace
 
 }  // namespace fusionseg
@@ -156,14 +171,9 @@ TORCH_LIBRARY(fusionseg, m) {
       "Tensor w_weight, Tensor h_weight, Tensor d_weight) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &fusionseg::build_info_json);
+  // Diagnostics for tests: how many CPU kernel passes chose non-temporal (streaming) stores.
+  m.def("cpu_streaming_store_passes() -> int", &fusionseg::cpu_streaming_store_passes);
 }
 
-TORCH_LIBRARY_IMPL(fusionseg, AutocastCUDA, m) {
-  m.impl("inception_dwconv3d_forward",
-         &fusionseg::forward_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
-}
-
-TORCH_LIBRARY_IMPL(fusionseg, AutocastCPU, m) {
-  m.impl("inception_dwconv3d_forward",
-         &fusionseg::forward_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
-}
+// The autocast rule (CPU and CUDA) is registered from Python, for this op pair and the Triton
+// one alike (fusionseg_kernels/ops/inception_dwconv3d/registration.py).

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cstring>
 #include <limits>
@@ -580,11 +581,16 @@ void poison(at::Tensor& t) {
 // and rows a multiple of 32 bytes.
 constexpr int64_t kStreamingBytes = int64_t(32) << 20;
 
+// Passes that chose streaming stores, so tests can confirm that path ran.
+std::atomic<int64_t> g_streaming_passes{0};
+
 template <typename T>
 bool use_streaming(const T* out, int64_t numel, int64_t W) {
 #ifdef FUSIONSEG_HAVE_STREAM
-  return numel * int64_t(sizeof(T)) >= kStreamingBytes && reinterpret_cast<uintptr_t>(out) % 32 == 0 &&
-         (W * int64_t(sizeof(T))) % 32 == 0;
+  const bool stream = numel * int64_t(sizeof(T)) >= kStreamingBytes &&
+                      reinterpret_cast<uintptr_t>(out) % 32 == 0 && (W * int64_t(sizeof(T))) % 32 == 0;
+  if (stream) g_streaming_passes.fetch_add(1, std::memory_order_relaxed);
+  return stream;
 #else
   return false;
 #endif
@@ -763,3 +769,7 @@ TORCH_LIBRARY_IMPL(fusionseg, CPU, m) {
   m.impl("inception_dwconv3d_forward", &fusionseg::forward_cpu);
   m.impl("inception_dwconv3d_backward", &fusionseg::backward_cpu);
 }
+
+namespace fusionseg {
+int64_t cpu_streaming_store_passes() { return g_streaming_passes.load(std::memory_order_relaxed); }
+}  // namespace fusionseg

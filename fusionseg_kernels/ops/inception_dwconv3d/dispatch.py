@@ -1,10 +1,11 @@
-"""Backend choice for inception_dwconv3d: explicit names checked, "auto" resolved and cached.
+"""Backend choice for inception_dwconv3d: one `can_run` predicate per backend and one preference
+order per device type, used both to choose ("auto") and to explain.
 
-"auto" (SPEC §2): CPU tensors -> "cpu" (else "reference"); CUDA tensors -> the backend the
-recorded GPU table (gpu_table.json, written by bench/gpu_check.sh from measured results)
-prefers for this GPU, dtype and size class; "triton" with no record; "reference" when nothing
-else is built. The choice is made and cached (and logged at DEBUG level) outside traced code:
-under torch.compile the same pure lookup runs with no side effects.
+"auto": CPU tensors -> "cpu" (else "reference"); CUDA tensors -> the backend the recorded GPU
+table (gpu_table.json, written by bench/gpu_check.sh from measured results) prefers for this
+GPU, dtype and size class, then "triton", "cuda", "reference" in that order. The choice is made
+and cached (and logged at DEBUG level) outside traced code: under torch.compile the same pure
+lookup runs with no side effects.
 """
 from __future__ import annotations
 
@@ -16,18 +17,34 @@ from pathlib import Path
 
 import torch
 
-from ..._extension import extension_available, has_cuda_kernels, require_extension
+from ..._extension import extension_available, extension_status, has_cuda_kernels
 
 log = logging.getLogger("fusionseg_kernels.dispatch")
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 GPU_TABLE_PATH = Path(__file__).with_name("gpu_table.json")
+# "auto" tries these in order (after the GPU table's choice on CUDA tensors).
+PREFERENCE = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "cuda", "reference"),
+    "meta": ("cpu", "reference"),  # the C++ op's meta kernel gives shapes and FLOP counts
+}
 _CHOICES: dict = {}
 
 
 class BackendUnavailableError(RuntimeError):
     """The requested backend is not built or cannot run on these tensors."""
 
+
+def check_backend_name(name) -> str:
+    """Returns `name` if it is one of BACKENDS; raises ValueError naming the choices otherwise.
+    The one check of backend names (the op, the module and the networks all use it)."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+# ------------------------------------------------------------------------------ GPU table
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
                 torch.bfloat16: "bfloat16"}
@@ -70,14 +87,16 @@ def _gpu_table() -> dict:
     """{gpu_table_key: backend} from gpu_table.json (empty when the file is missing or unreadable)."""
     try:
         entries = json.loads(GPU_TABLE_PATH.read_text()).get("entries", [])
-        return {gpu_table_key(e["device_name"], e["dtype"], 0)[:2] + (e["size_class"],): e["backend"]
+        return {(str(e["device_name"]), dtype_name(e["dtype"]), e["size_class"]): e["backend"]
                 for e in entries}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
 
+# ------------------------------------------------------------------------------ can_run
+
 def triton_status() -> tuple[bool, str]:
-    """(usable, why not) for the Triton backend on this machine."""
+    """(usable, why not) for the Triton backend on this machine (import and version checks)."""
     try:
         from . import triton_impl
     except ImportError as err:
@@ -85,70 +104,87 @@ def triton_status() -> tuple[bool, str]:
     return triton_impl.available()
 
 
-def _triton_usable_on(device_type: str) -> tuple[bool, str]:
-    ok, why = triton_status()
-    if not ok:
-        return False, why
-    if device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        return True, ""
-    return False, ("the triton backend runs on CUDA tensors (or on CPU tensors with "
-                   "TRITON_INTERPRET=1), got a tensor on " + device_type)
-
-
-def _check_backend(backend: str, device_type: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+def can_run(backend: str, device_type: str) -> tuple[bool, str]:
+    """(True, why it fits) or (False, why not): whether `backend` can run on tensors of
+    `device_type` ("cpu", "cuda", "meta", ...) on this machine. Cheap: what it reads (the
+    extension's load status, its CUDA archs, triton's import) is cached where it is computed."""
+    check_backend_name(backend)
+    if backend == "reference":
+        return True, "the PyTorch reference runs everywhere"
     if backend == "cpu":
-        require_extension()
-        if device_type not in ("cpu", "meta"):
-            raise BackendUnavailableError(f"backend 'cpu' needs CPU tensors, got a tensor on {device_type}")
-    elif backend == "cuda":
-        require_extension()
-        if not has_cuda_kernels():
-            raise BackendUnavailableError(
-                "backend 'cuda' is not built: this fusionseg extension was compiled without a CUDA "
-                "toolkit; install one (nvcc) and rebuild with `pip install --no-build-isolation -e .`")
-        if device_type not in ("cuda", "meta"):
-            raise BackendUnavailableError(f"backend 'cuda' needs CUDA tensors, got a tensor on {device_type}")
-    elif backend == "triton":
-        ok, why = _triton_usable_on(device_type)
+        ok, why = extension_status()
         if not ok:
-            raise BackendUnavailableError(why)
+            return False, why
+        if device_type not in ("cpu", "meta"):
+            return False, f"backend 'cpu' needs CPU tensors, got a tensor on {device_type}"
+        return True, ("CPU tensor and the fused CPU kernel is built" if device_type == "cpu" else
+                      "meta tensors: the fused op's meta kernel (shapes, FLOP counts)")
+    if backend == "cuda":
+        ok, why = extension_status()
+        if not ok:
+            return False, why
+        if not has_cuda_kernels():
+            return False, ("backend 'cuda' is not built: this fusionseg extension was compiled without a "
+                           "CUDA toolkit; install one (nvcc) and rebuild with "
+                           "`pip install --no-build-isolation -e .`")
+        if device_type not in ("cuda", "meta"):
+            return False, f"backend 'cuda' needs CUDA tensors, got a tensor on {device_type}"
+        return True, "the CUDA kernels are built"
+    if backend == "triton":
+        ok, why = triton_status()
+        if not ok:
+            return False, why
+        if device_type in ("cuda", "meta") or (device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+            return True, "the triton backend is available"
+        return False, ("the triton backend runs on CUDA tensors (or on CPU tensors with "
+                       "TRITON_INTERPRET=1), got a tensor on " + device_type)
+    raise AssertionError(backend)  # "auto" is resolved by _choose
 
 
 def check_backend(backend: str, x: torch.Tensor) -> None:
-    """Raises a clear error if `backend` cannot run on x."""
-    _check_backend(backend, x.device.type)
+    """Raises ValueError for an unknown name, BackendUnavailableError if `backend` cannot run on x."""
+    if backend == "auto":
+        return
+    ok, why = can_run(backend, _device_type(x))
+    if not ok:
+        raise BackendUnavailableError(why)
 
+
+def _device_type(x) -> str:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"inception_dwconv3d expects a tensor input, got {type(x).__name__}")
+    return x.device.type
+
+
+# ------------------------------------------------------------------------------ auto
 
 def _choose(device_type: str, device_index, dtype: torch.dtype, cls: str) -> tuple[str, str]:
-    if device_type == "cpu":
-        if extension_available():
-            return "cpu", "CPU tensor and the fused CPU kernel is built"
-        return "reference", "CPU tensor but the C++ extension is not built"
     if device_type == "cuda":
         name = torch.cuda.get_device_name(device_index)
         dt = dtype_name(dtype)
-        backend = _gpu_table().get((name, dt, cls))
-        if backend is not None:
-            try:
-                _check_backend(backend, device_type)
-                return backend, f"recorded as fastest for {name}, {dt}, {cls} inputs"
-            except (BackendUnavailableError, RuntimeError):
-                pass
-        if _triton_usable_on(device_type)[0]:
-            return "triton", f"no measured record for {name}, {dt}, {cls}: triton by default"
-        if extension_available() and has_cuda_kernels():
-            return "cuda", "triton is not available; the CUDA kernels are built"
-        return "reference", "neither triton nor the CUDA kernels are available"
-    if device_type == "meta" and extension_available():
-        return "cpu", "meta tensors: the fused op's meta kernel (shapes, FLOP counts)"
+        recorded = _gpu_table().get((name, dt, cls))
+        if recorded is not None and recorded != "auto" and recorded in BACKENDS:
+            ok, why = can_run(recorded, device_type)
+            if ok:
+                return recorded, f"recorded as fastest for {name}, {dt}, {cls} inputs"
+            log.debug("gpu_table prefers %s for %s, but it cannot run: %s", recorded, name, why)
+    reasons = []
+    for backend in PREFERENCE.get(device_type, ("reference",)):
+        ok, why = can_run(backend, device_type)
+        if ok:
+            if backend == "reference" and reasons:
+                return backend, "; ".join(reasons)
+            if device_type == "cuda" and backend == "triton":
+                why = f"no measured record for this GPU, {dtype_name(dtype)}, {cls}: triton by default"
+            return backend, why
+        reasons.append(why)
     return "reference", f"no fused backend for {device_type} tensors"
 
 
 def explain_backend(x: torch.Tensor) -> tuple[str, str]:
     """(backend, reason) that backend="auto" picks for tensors like x."""
-    return _choose(x.device.type, x.device.index, x.dtype, size_class(x))
+    device_type = _device_type(x)
+    return _choose(device_type, x.device.index, x.dtype, size_class(x))
 
 
 # Both run eagerly when torch.compile traces the caller, and their results become constants of
@@ -164,17 +200,21 @@ def _auto_backend(device_type: str, device_index, dtype: torch.dtype, cls: str) 
 
 @torch.compiler.assume_constant_result
 def _explicit_backend(backend: str, device_type: str) -> str:
-    _check_backend(backend, device_type)
+    ok, why = can_run(backend, device_type)
+    if not ok:
+        raise BackendUnavailableError(why)
     return backend
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     """The backend to run for x: `backend` itself (checked) or the "auto" choice (cached)."""
+    check_backend_name(backend)
     if backend != "auto":
         return _explicit_backend(backend, x.device.type)
     return _auto_backend(x.device.type, x.device.index, x.dtype, size_class(x))
 
 
 def clear_backend_cache() -> None:
+    """Forgets cached choices (after rebuilding, or editing gpu_table.json)."""
     _CHOICES.clear()
     _gpu_table.cache_clear()

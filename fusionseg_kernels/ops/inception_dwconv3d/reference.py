@@ -1,4 +1,4 @@
-"""The reference InceptionDWConv3d: split, four depthwise ``F.conv3d``, cat (SPEC §2).
+"""The reference InceptionDWConv3d: split, four depthwise ``F.conv3d``, cat.
 
 This is the released network's computation and the baseline every fused kernel is checked
 against (in float64) and timed against.
@@ -17,10 +17,11 @@ def _depthwise(x, weight, bias, groups):
 
 def inception_dwconv3d_reference(x, cube_weight, cube_bias, w_weight, w_bias,
                                  h_weight, h_bias, d_weight, d_bias):
-    """y (N, C, D, H, W) from x (N, C, D, H, W); gc = cube_weight.shape[0]."""
+    """y (N, C, D, H, W) from x (N, C, D, H, W); gc = cube_weight.shape[0]. An input with a zero
+    size (N = 0 or an empty spatial axis) gives an empty y, as on the fused backends."""
     gc = cube_weight.shape[0]
     identity = x.shape[1] - 4 * gc
-    if gc == 0:
+    if gc == 0 or x.numel() == 0:
         return x.clone()
     x_id, x_cube, x_w, x_h, x_d = torch.split(x, (identity, gc, gc, gc, gc), dim=1)
     return torch.cat(

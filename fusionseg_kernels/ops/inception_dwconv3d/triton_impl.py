@@ -36,12 +36,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import register_flop_formula
 
 import triton
 import triton.language as tl
 
-from .cpp_op import _conv_flops, fake_backward_outputs
+from .registration import register_op_pair
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FORWARD_OP = "fusionseg::triton_inception_dwconv3d_forward"
@@ -50,31 +49,54 @@ _INT32_LIMIT = 2**31 - 1
 # Allocator of y and grad_x. Tests replace it by a NaN-filling one to catch unwritten elements.
 _empty_like = torch.empty_like
 
-# Tiles (BLOCK_C channels of one group) x (BLOCK_D, BLOCK_H, BLOCK_W) voxels for sm_80..sm_90,
-# 2048 elements per program. W is the contiguous axis: a tile row of 16-128 elements is 32-512
-# bytes per load; the halo of the 11-long bands is re-read from L1/L2, not from DRAM. Channel
-# blocks serve the deep layers whose volumes are smaller than one tile. Kept small: every
-# config is compiled (per dtype) before the autotuner can time it.
+# Tiles (BLOCK_C channels of one group) x (BLOCK_D, BLOCK_H, BLOCK_W) voxels, 2048 elements per
+# program, 4 warps. W is the contiguous axis, so each shape class has tiles whose BLOCK_W is the
+# volume's W (rounded up to a power of two, 8..128): no lane is masked off by a narrow W, rows
+# are 16-byte vectors when the layout allows it, and W stays inside one warp (the backward's
+# per-tap sums along W are warp shuffles, no shared memory). Two candidates per class for the
+# autotuner; _prune_configs keeps the class of the call's W. Channel blocks serve the deep
+# layers whose volumes are smaller than one tile.
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 8, "BLOCK_W": 128}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 4, "BLOCK_W": 128}, num_warps=4),
     triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=4),
     triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
+    triton.Config({"BLOCK_C": 2, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
     triton.Config({"BLOCK_C": 4, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
+    triton.Config({"BLOCK_C": 2, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4),
+    triton.Config({"BLOCK_C": 8, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 8}, num_warps=4),
+    triton.Config({"BLOCK_C": 4, "BLOCK_D": 8, "BLOCK_H": 8, "BLOCK_W": 8}, num_warps=4),
 ]
 # Interpreter: one config with large blocks, so the small test shapes take few programs (each
 # Triton operation costs the interpreter about a millisecond, whatever the block size).
 _INTERPRETER_CONFIGS = [
     triton.Config({"BLOCK_C": 4, "BLOCK_D": 8, "BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4)]
-# FUSIONSEG_TRITON_AUTOTUNE=0: the first GPU config only (no tuning; a quarter of the compiles),
-# used by bench/gpu_check.sh for the GPU tests; the sweep tunes and checks every result.
+# FUSIONSEG_TRITON_AUTOTUNE=0: the first config of the call's shape class only (no tuning, half
+# the compiles), used by bench/gpu_check.sh for the GPU tests; the sweep tunes every class.
 AUTOTUNE = os.environ.get("FUSIONSEG_TRITON_AUTOTUNE", "1") != "0"
-if INTERPRET:
-    CONFIGS = _INTERPRETER_CONFIGS
-elif AUTOTUNE:
-    CONFIGS = _GPU_CONFIGS
-else:
-    CONFIGS = _GPU_CONFIGS[:1]
-AUTOTUNE_KEY = ["C", "D", "H", "W"]  # Triton's autotuner adds the tensor arguments' dtypes
+CONFIGS = _INTERPRETER_CONFIGS if INTERPRET else _GPU_CONFIGS
+# Tuned once per distinct value of these (Triton's autotuner adds the tensor arguments' dtypes):
+# the sizes, the layout (W's stride: 1 for contiguous NCDHW, C for channels_last_3d) and the
+# kernel sizes, which are constexprs and change the code.
+AUTOTUNE_KEY = ["C", "D", "H", "W", "sxw", "K0D", "K0H", "K0W", "K1D", "K1H", "K1W",
+                "K2D", "K2H", "K2W", "K3D", "K3H", "K3W"]
+
+
+def _block_w_class(W) -> int:
+    """BLOCK_W of the configs meant for a volume of width W."""
+    return min(128, max(8, triton.next_power_of_2(int(W))))
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """The configs of W's shape class (all of them if none fits, e.g. the interpreter's);
+    without autotuning only the first."""
+    mine = [c for c in configs if c.kwargs["BLOCK_W"] == _block_w_class(named_args["W"])]
+    mine = mine or list(configs)
+    return mine if AUTOTUNE else mine[:1]
+
+
+_PRUNE = {"early_config_prune": _prune_configs}
 
 
 def _autotune_bench(kernel_call, quantiles):
@@ -178,14 +200,6 @@ def _to_output(v, out_ty: tl.constexpr):
 
 
 @triton.jit
-def _sum_spatial(v, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
-                 BLOCK_W: tl.constexpr):
-    """[BC, BD, BH, BW] -> [BC] as one reduction (a third of the code of three nested ones,
-    which matters: the backward kernel has one per tap)."""
-    return tl.sum(tl.reshape(v, [BLOCK_C, BLOCK_D * BLOCK_H * BLOCK_W], can_reorder=True), axis=1)
-
-
-@triton.jit
 def _group_params(p_ptr, g, ch, ch_ok, GC, BOFF0, BOFF1, BOFF2, BOFF3,
                   T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, T3: tl.constexpr):
     """Weight rows and biases of channels ch of group g in the parameter table: the four
@@ -199,6 +213,24 @@ def _group_params(p_ptr, g, ch, ch_ok, GC, BOFF0, BOFF1, BOFF2, BOFF3,
     return w_rows, bias
 
 
+# Kernels with at most this many taps have every tap unrolled (all loads of a program can be in
+# flight together); larger ones (planes: 121 taps) keep the (kd, kh) taps as a loop, which
+# bounds their code size and compile time.
+_MAX_UNROLLED_TAPS = tl.constexpr(27)
+
+
+@triton.jit
+def _fwd_tap_row(acc, p_dh, w_tap, ch_ok, m_dh, offs_w, W, sxw, KW: tl.constexpr):
+    """acc += the KW taps along w of one (kd, kh) row (constant offsets fold into the loads)."""
+    for kw in tl.static_range(KW):
+        m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
+        v = tl.load(p_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
+        # masked: rows of channels past the group's end (a partial channel block) would read
+        # past the parameter table
+        acc += v.to(acc.dtype) * tl.load(w_tap + kw, mask=ch_ok, other=0.0)
+    return acc
+
+
 @triton.jit
 def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_h, offs_w, mask,
                D, H, W, KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -206,31 +238,36 @@ def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_
                BLOCK_W: tl.constexpr):
     """y = bias + sum over taps (kd, kh, kw) of w * x[d + kd - KD//2, h + kh - KH//2, w + kw - KW//2].
 
-    The (kd, kh) taps are a loop (masks and offsets computed once per row of taps), the kw taps
-    along the contiguous axis are unrolled (constant offsets fold into the loads). This keeps the
-    code, and the compile time, small for planes and long bands."""
+    Every tap unrolled for kernels of up to _MAX_UNROLLED_TAPS taps (the shifts and the bounds
+    tests on the small per-axis index vectors are then constants); larger kernels loop over
+    (kd, kh) with the kw taps unrolled."""
     acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
     acc = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty) + bias
-    for kd in range(KD):
-        sd = kd - KD // 2
-        m_d = mask & _axis_ok(offs_d, D, sd)
-        for kh in range(KH):
-            sh = kh - KH // 2
-            m_dh = m_d & _axis_ok(offs_h, H, sh)
-            p_dh = x_tile + (sd * sxd + sh * sxh)
-            w_tap = w_rows + (kd * KH + kh) * KW
-            for kw in tl.static_range(KW):
-                m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
-                v = tl.load(p_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
-                # masked: rows of channels past the group's end (a partial channel block)
-                # would read past the parameter table
-                acc += v.to(acc_ty) * tl.load(w_tap + kw, mask=ch_ok, other=0.0)
+    if KD * KH * KW <= _MAX_UNROLLED_TAPS:
+        for kd in tl.static_range(KD):
+            m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
+            for kh in tl.static_range(KH):
+                m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
+                p_dh = x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh)
+                acc = _fwd_tap_row(acc, p_dh, w_rows + (kd * KH + kh) * KW, ch_ok, m_dh, offs_w,
+                                   W, sxw, KW)
+    else:
+        for kd in range(KD):
+            m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
+            for kh in range(KH):
+                m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
+                p_dh = x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh)
+                acc = _fwd_tap_row(acc, p_dh, w_rows + (kd * KH + kh) * KW, ch_ok, m_dh, offs_w,
+                                   W, sxw, KW)
     tl.store(y_tile, _to_output(acc, y_tile.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, do_bench=_autotune_bench)
-@triton.jit(do_not_specialize=["C", "D", "H", "W", "IDENT", "GC", "BOFF0", "BOFF1", "BOFF2",
-                               "BOFF3"])
+# D, H, W are specialized (Triton then knows when they are multiples of 16, which lets it prove
+# a 16-byte row vector all in or all out of the volume: 128-bit loads and stores); the channel
+# counts and bias offsets are not (they change between layers without changing the code).
+@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=_PRUNE,
+                 do_bench=_autotune_bench)
+@triton.jit(do_not_specialize=["C", "IDENT", "GC", "BOFF0", "BOFF1", "BOFF2", "BOFF3"])
 def _idc_forward_kernel(
     x_ptr, y_ptr, p_ptr,
     C, D, H, W, IDENT, GC, BOFF0, BOFF1, BOFF2, BOFF3,
@@ -272,44 +309,70 @@ def _idc_forward_kernel(
 
 
 @triton.jit
+def _bwd_tap_row(dx, acc, g_c, pg_dh, px_dh, w_rows, t0, slots, ch_ok, m_dh, offs_w, W, sgw, sxw,
+                 T: tl.constexpr, KW: tl.constexpr):
+    """One (kd, kh) row of taps of the backward: dx += dy(shifted) * w(flipped tap), and the
+    tap's dW contribution sum(dy * x(shifted)) summed along w only (inside a warp) into its
+    slot of acc ([BC, BD, BH, TAPS_P]); the sum over the rest of the tile is done once per
+    program, after the last tap."""
+    for kw in tl.static_range(KW):
+        m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
+        g_s = tl.load(pg_dh + (kw - KW // 2) * sgw, mask=m, other=0.0)
+        x_s = tl.load(px_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
+        # y[p] = sum_t w[t] x[p + s_t]  =>  dx[q] = sum_t w[T-1-t] dy[q + s_t]
+        # (the flipped kernel: tap T-1-t has the opposite shift of tap t)
+        dx += g_s.to(dx.dtype) * tl.load(w_rows + (T - 1 - (t0 + kw)), mask=ch_ok, other=0.0)
+        row_sum = tl.sum(g_c * x_s.to(dx.dtype), axis=3, keep_dims=True)  # [BC, BD, BH, 1]
+        acc += tl.where(slots == t0 + kw, row_sum, 0.0)
+    return dx, acc
+
+
+@triton.jit
 def _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows, part_rows,
-                        ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
-                        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                        rows_total, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                        KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, TAPS_P: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
                         BLOCK_W: tl.constexpr):
     """dx = dy convolved with the flipped kernel; the tile's partial dW[t] = sum dy * x(shifted by
-    tap t) goes to part_rows[t], its partial db = sum dy to part_rows[T] (T = KD*KH*KW).
-    Loop structure as in _conv_tile."""
+    tap t) goes to slot t of its partials column, its partial db = sum dy to slot T
+    (T = KD*KH*KW); slot s of channel row r is at part_rows[r] + s * rows_total. Taps as in
+    _conv_tile. The per-tap sums stay in registers ([BC, BD, BH, TAPS_P], summed along w by
+    warp shuffles) and are reduced over the tile once, at the end: one block-wide reduction
+    per program instead of one per tap."""
     T: tl.constexpr = KD * KH * KW
     acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
     g_c = tl.load(g_tile, mask=mask, other=0.0).to(acc_ty)
     dx = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty)
-    row_ok = tl.reshape(ch_ok, [BLOCK_C])
-    for kd in range(KD):
-        sd = kd - KD // 2
-        m_d = mask & _axis_ok(offs_d, D, sd)
-        for kh in range(KH):
-            sh = kh - KH // 2
-            m_dh = m_d & _axis_ok(offs_h, H, sh)
-            pg_dh = g_tile + (sd * sgd + sh * sgh)
-            px_dh = x_tile + (sd * sxd + sh * sxh)
-            t0 = (kd * KH + kh) * KW
-            for kw in tl.static_range(KW):
-                m = _w_tap_mask(m_dh, offs_w, W, kw - KW // 2)
-                g_s = tl.load(pg_dh + (kw - KW // 2) * sgw, mask=m, other=0.0)
-                x_s = tl.load(px_dh + (kw - KW // 2) * sxw, mask=m, other=0.0)
-                # y[p] = sum_t w[t] x[p + s_t]  =>  dx[q] = sum_t w[T-1-t] dy[q + s_t]
-                # (the flipped kernel: tap T-1-t has the opposite shift of tap t)
-                dx += g_s.to(acc_ty) * tl.load(w_rows + (T - 1 - (t0 + kw)), mask=ch_ok, other=0.0)
-                tl.store(part_rows + (t0 + kw),
-                         _sum_spatial(g_c * x_s.to(acc_ty), BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W),
-                         mask=row_ok)
+    slots = tl.arange(0, TAPS_P)[None, None, None, :]
+    acc = tl.where(slots == T, tl.sum(g_c, axis=3, keep_dims=True), 0.0)  # db in slot T
+    if T <= _MAX_UNROLLED_TAPS:
+        for kd in tl.static_range(KD):
+            m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
+            for kh in tl.static_range(KH):
+                m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
+                dx, acc = _bwd_tap_row(
+                    dx, acc, g_c, g_tile + ((kd - KD // 2) * sgd + (kh - KH // 2) * sgh),
+                    x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh), w_rows,
+                    (kd * KH + kh) * KW, slots, ch_ok, m_dh, offs_w, W, sgw, sxw, T, KW)
+    else:
+        for kd in range(KD):
+            m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
+            for kh in range(KH):
+                m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
+                dx, acc = _bwd_tap_row(
+                    dx, acc, g_c, g_tile + ((kd - KD // 2) * sgd + (kh - KH // 2) * sgh),
+                    x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh), w_rows,
+                    (kd * KH + kh) * KW, slots, ch_ok, m_dh, offs_w, W, sgw, sxw, T, KW)
     tl.store(dx_tile, _to_output(dx, dx_tile.dtype.element_ty), mask=mask)
-    tl.store(part_rows + T, _sum_spatial(g_c, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W), mask=row_ok)
+    sums = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BC, TAPS_P]
+    s2 = tl.arange(0, TAPS_P)[None, :]
+    tl.store(part_rows[:, None] + s2 * rows_total, sums,
+             mask=tl.reshape(ch_ok, [BLOCK_C])[:, None] & (s2 <= T))
 
 
-@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, do_bench=_autotune_bench)
-@triton.jit(do_not_specialize=["N", "C", "D", "H", "W", "IDENT", "GC", "max_tiles", "part_stride"])
+@triton.autotune(configs=CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=_PRUNE,
+                 do_bench=_autotune_bench)
+@triton.jit(do_not_specialize=["N", "C", "IDENT", "GC", "max_tiles", "part_stride"])
 def _idc_backward_kernel(
     g_ptr, x_ptr, dx_ptr, p_ptr, part_ptr,
     N, C, D, H, W, IDENT, GC, max_tiles, part_stride,
@@ -321,10 +384,12 @@ def _idc_backward_kernel(
     TAPS_P: tl.constexpr, INT64: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Grid as the forward. Partials: row ((cc * N + n) * max_tiles + tile) of part_stride floats
-    for conv channel cc; max_tiles is the most tiles any config makes, and each program also
-    zeroes the rows tile + k * n_tiles < max_tiles its config leaves unused, so the buffer is
-    fully defined whatever config ran (the autotuner runs several on the same buffer)."""
+    """Grid as the forward. Partials: part_stride columns of N * max_tiles floats per conv
+    channel cc, slot-major (element ((cc * part_stride + slot) * N + n) * max_tiles + tile), so
+    the second stage reads each (channel, slot) column contiguously. max_tiles is the most
+    tiles any config makes, and each program also zeroes the entries tile + k * n_tiles <
+    max_tiles its config leaves unused, so the buffer is fully defined whatever config ran
+    (the autotuner runs several on the same buffer)."""
     pid = tl.program_id(0)
     tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
         pid, D, H, W, IDENT, GC, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W, INT64)
@@ -335,70 +400,73 @@ def _idc_backward_kernel(
     if is_identity:
         tl.store(dx_tile, tl.load(g_tile, mask=mask), mask=mask)
     else:
-        cc = g * GC + ch  # [BC, 1, 1, 1]
+        cc = tl.reshape(g * GC + ch, [BLOCK_C])  # conv channel
+        rows_total = N * max_tiles
+        col0 = cc * part_stride * rows_total + n * max_tiles  # [BC]: slot 0 of this sample
+        part_rows = part_ptr + (col0 + tile)
+        slots = tl.arange(0, TAPS_P)[None, :]
+        zero_mask = tl.reshape(ch_ok, [BLOCK_C])[:, None] & (slots < part_stride)
+        for extra in range(tile + n_tiles, max_tiles, n_tiles):
+            tl.store(part_ptr + (col0[:, None] + extra + slots * rows_total),
+                     tl.zeros([BLOCK_C, TAPS_P], dtype=part_ptr.dtype.element_ty), mask=zero_mask)
         x_tile = x_ptr + n * sxn + (c * sxc + offs_d * sxd + offs_h * sxh + offs_w * sxw)
         w_rows, _ = _group_params(p_ptr, g, ch, ch_ok, GC, -1, -1, -1, -1,
                                   K0D * K0H * K0W, K1D * K1H * K1W, K2D * K2H * K2W,
                                   K3D * K3H * K3W)
-        row0 = (tl.reshape(cc, [BLOCK_C]) * N + n) * max_tiles  # [BC]
-        part_rows = part_ptr + (row0 + tile) * part_stride
-        slots = tl.arange(0, TAPS_P)[None, :]
-        zero_mask = tl.reshape(ch_ok, [BLOCK_C])[:, None] & (slots < part_stride)
-        for extra in range(tile + n_tiles, max_tiles, n_tiles):
-            tl.store(part_ptr + (row0[:, None] + extra) * part_stride + slots,
-                     tl.zeros([BLOCK_C, TAPS_P], dtype=part_ptr.dtype.element_ty), mask=zero_mask)
         if g == 0:
             _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
-                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
-                                K0D, K0H, K0W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+                                part_rows, rows_total, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K0D, K0H, K0W, TAPS_P, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
         elif g == 1:
             _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
-                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
-                                K1D, K1H, K1W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+                                part_rows, rows_total, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K1D, K1H, K1W, TAPS_P, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
         elif g == 2:
             _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
-                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
-                                K2D, K2H, K2W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+                                part_rows, rows_total, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K2D, K2H, K2W, TAPS_P, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
         else:
             _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w_rows,
-                                part_rows, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
-                                K3D, K3H, K3W, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
+                                part_rows, rows_total, ch_ok, offs_d, offs_h, offs_w, mask, D, H, W,
+                                K3D, K3H, K3W, TAPS_P, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W)
 
 
 @triton.jit
-def _store_group_grads(gw_ptr, gb_ptr, ch, acc, slots, T: tl.constexpr):
-    # slots past T summed columns no program of this group writes: zero them before the cast
-    w_vals = tl.where(slots < T, acc, 0.0)
-    tl.store(gw_ptr + ch * T + slots, _to_output(w_vals, gw_ptr.dtype.element_ty), mask=slots < T)
-    tl.store(gb_ptr + ch, _to_output(tl.sum(tl.where(slots == T, acc, 0.0)), gb_ptr.dtype.element_ty))
+def _store_group_grad(gw_ptr, gb_ptr, ch, slot, total, T: tl.constexpr):
+    """Slot < T: weight tap `slot` of channel ch; slot == T: its bias; slots past T: nothing."""
+    if slot < T:
+        tl.store(gw_ptr + ch * T + slot, _to_output(total, gw_ptr.dtype.element_ty))
+    elif slot == T:
+        tl.store(gb_ptr + ch, _to_output(total, gb_ptr.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["GC", "rows", "part_stride"])
+@triton.jit(do_not_specialize=["GC", "part_stride"])
 def _idc_weight_grad_kernel(part_ptr, gw0, gw1, gw2, gw3, gb0, gb1, gb2, gb3, GC, rows,
                             part_stride, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
-                            T3: tl.constexpr, TAPS_P: tl.constexpr, ROWS_BLOCK: tl.constexpr):
-    """Second stage of dW/db: program cc sums its conv channel's partial rows (all samples and
-    tiles) in a fixed order and writes the weight and bias gradients in the weights' dtype.
+                            T3: tl.constexpr, ROWS_BLOCK: tl.constexpr):
+    """Second stage of dW/db: program (cc, slot) sums one column of partials (every sample and
+    tile of conv channel cc) in a fixed order and writes that weight tap (or bias) gradient in
+    the weights' dtype. 4*gc*part_stride programs (a few per SM); each column is contiguous.
     Deterministic: no atomics, the same order every run."""
-    cc = tl.program_id(0)
+    pid = tl.program_id(0)
+    cc = pid // part_stride
+    slot = pid % part_stride
     g = cc // GC
     ch = cc % GC
-    slots = tl.arange(0, TAPS_P)
-    acc = tl.zeros([TAPS_P], dtype=part_ptr.dtype.element_ty)
-    base = part_ptr + cc.to(tl.int64) * rows * part_stride
+    base = part_ptr + pid.to(tl.int64) * rows
+    acc = tl.zeros([ROWS_BLOCK], dtype=part_ptr.dtype.element_ty)
     for r0 in range(0, rows, ROWS_BLOCK):
-        r = r0 + tl.arange(0, ROWS_BLOCK)[:, None]
-        v = tl.load(base + r * part_stride + slots[None, :],
-                    mask=(r < rows) & (slots[None, :] < part_stride), other=0.0)
-        acc += tl.sum(v, axis=0)
+        r = r0 + tl.arange(0, ROWS_BLOCK)
+        acc += tl.load(base + r, mask=r < rows, other=0.0)
+    total = tl.sum(acc, axis=0)
     if g == 0:
-        _store_group_grads(gw0, gb0, ch, acc, slots, T0)
+        _store_group_grad(gw0, gb0, ch, slot, total, T0)
     elif g == 1:
-        _store_group_grads(gw1, gb1, ch, acc, slots, T1)
+        _store_group_grad(gw1, gb1, ch, slot, total, T1)
     elif g == 2:
-        _store_group_grads(gw2, gb2, ch, acc, slots, T2)
+        _store_group_grad(gw2, gb2, ch, slot, total, T2)
     else:
-        _store_group_grads(gw3, gb3, ch, acc, slots, T3)
+        _store_group_grad(gw3, gb3, ch, slot, total, T3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,16 +549,20 @@ def _forward_launch_args(x, y, weights, biases):
 
 
 def _backward_launch_args(grad_y, x, grad_x, weights, configs):
-    """(grid, args, kwargs, partials, t_max) of _idc_backward_kernel; `configs` sizes the partials."""
+    """(grid, args, kwargs, partials, t_max) of _idc_backward_kernel; `configs` (those of x's
+    shape class among them) size the partials."""
     N, C, D, H, W = x.shape
     gc = weights[0].shape[0]
     table, _ = _param_table(weights, (None,) * 4, x.dtype, x.device)
     # int(): kernel sizes are constexprs anyway (a guard, not a symbol, under dynamic shapes)
     t_max = int(max(math.prod(w.shape[2:]) for w in weights))
-    max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in configs)
+    # the autotuner times only the configs of W's shape class (the same pruning)
+    mine = _prune_configs(configs, {"W": W}) if configs is CONFIGS else configs
+    max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in mine)
     part_stride = t_max + 1  # a group with T taps fills slots 0..T-1 (dW) and T (db)
     # Every element is written by the kernel (a partial or an explicit zero): no memset needed.
-    partials = torch.empty((4 * gc, N * max_tiles, part_stride), dtype=table.dtype,
+    # Slot-major: the second stage reads one contiguous column per (channel, slot).
+    partials = torch.empty((4 * gc, part_stride, N * max_tiles), dtype=table.dtype,
                            device=x.device)
 
     def grid(meta):
@@ -504,15 +576,16 @@ def _backward_launch_args(grad_y, x, grad_x, weights, configs):
 
 
 def _weight_grad_launch_args(partials, weights):
-    """(grid, args, kwargs, grad weights, grad biases) of the second stage of dW/db."""
+    """(grid, args, kwargs, grad weights, grad biases) of the second stage of dW/db: one
+    program per (conv channel, slot) column of the partials."""
     gc = weights[0].shape[0]
     grad_w = [torch.empty(w.shape, dtype=w.dtype, device=w.device) for w in weights]
     grad_b = [torch.empty((gc,), dtype=w.dtype, device=w.device) for w in weights]
     taps = [int(math.prod(w.shape[2:])) for w in weights]
-    args = (partials, *grad_w, *grad_b, gc, partials.shape[1], partials.shape[2], *taps)
-    kwargs = {"TAPS_P": triton.next_power_of_2(partials.shape[2]), "ROWS_BLOCK": 32}
-    return (4 * gc,), args, kwargs, grad_w, grad_b
-
+    cols, part_stride, rows = partials.shape
+    args = (partials, *grad_w, *grad_b, gc, rows, part_stride, *taps)
+    kwargs = {"ROWS_BLOCK": 512 if rows >= 512 else max(16, triton.next_power_of_2(rows))}
+    return (cols * part_stride,), args, kwargs, grad_w, grad_b
 
 @torch.library.triton_op(FORWARD_OP, mutates_args=())
 def _forward_op(x: Tensor, cube_weight: Tensor, cube_bias: Optional[Tensor], w_weight: Tensor,
@@ -526,11 +599,6 @@ def _forward_op(x: Tensor, cube_weight: Tensor, cube_bias: Optional[Tensor], w_w
     grid, args, kwargs = _forward_launch_args(x, y, weights, biases)
     _launch(_idc_forward_kernel)[grid](*args, **kwargs)
     return y
-
-
-@_forward_op.register_fake
-def _forward_fake(x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias):
-    return torch.empty_like(x)
 
 
 @torch.library.triton_op(BACKWARD_OP, mutates_args=())
@@ -570,57 +638,9 @@ def run_kernels_with_config(x, args, grad_y, config):
     return y, grad_x, grad_w, grad_b
 
 
-@_backward_op.register_fake
-def _backward_fake(grad_y, x, cube_weight, w_weight, h_weight, d_weight):
-    return fake_backward_outputs(x, cube_weight, w_weight, h_weight, d_weight)
-
-
-def _setup_context(ctx, inputs, output):
-    x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias, d_weight, d_bias = inputs
-    ctx.save_for_backward(x, cube_weight, w_weight, h_weight, d_weight)
-    ctx.bias_dtypes = tuple(None if b is None else b.dtype
-                            for b in (cube_bias, w_bias, h_bias, d_bias))
-
-
-def _autograd_backward(ctx, grad_y):
-    x, cube_weight, w_weight, h_weight, d_weight = ctx.saved_tensors
-    grads = torch.ops.fusionseg.triton_inception_dwconv3d_backward(
-        grad_y.to(x.dtype), x, cube_weight, w_weight, h_weight, d_weight)
-    out = [grads[0]]
-    for gw, gb, bias_dtype in zip(grads[1:5], grads[5:9], ctx.bias_dtypes):
-        out += [gw, None if bias_dtype is None else gb.to(bias_dtype)]
-    return tuple(out)
-
-
-_forward_op.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-@register_flop_formula(torch.ops.fusionseg.triton_inception_dwconv3d_forward)
-def _forward_flops(x_shape, cube_w, cube_b, w_w, w_b, h_w, h_b, d_w, d_b, *args, **kwargs):
-    return _conv_flops(x_shape, (cube_w, w_w, h_w, d_w))
-
-
-@register_flop_formula(torch.ops.fusionseg.triton_inception_dwconv3d_backward)
-def _backward_flops(grad_shape, x_shape, cube_w, w_w, h_w, d_w, *args, **kwargs):
-    # grad input + grad weight, like convolution_backward with both outputs.
-    return 2 * _conv_flops(x_shape, (cube_w, w_w, h_w, d_w))
-
-
-# Under CUDA autocast the op runs in the autocast dtype: x is cast (the weights are cast to x's
-# dtype inside the op), then the op is redispatched below the autocast key. Same rule as the C++
-# op pair's AutocastCUDA kernel.
-_lib = torch.library.Library("fusionseg", "FRAGMENT")
-
-
-def _forward_autocast_cuda(keyset, x, *args):
-    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)):
-        if x.is_floating_point():
-            x = x.to(torch.get_autocast_dtype("cuda"))
-        return torch.ops.fusionseg.triton_inception_dwconv3d_forward(x, *args)
-
-
-_lib.impl("triton_inception_dwconv3d_forward", _forward_autocast_cuda, "AutocastCUDA",
-          with_keyset=True)
+# Fake kernels, autograd (with the double-backward rule), FLOP formulas and the autocast rule:
+# the same registration as the C++ op pair's.
+register_op_pair("triton_inception_dwconv3d_forward", "triton_inception_dwconv3d_backward")
 
 
 def inception_dwconv3d_triton(x, cube_weight, cube_bias, w_weight, w_bias, h_weight, h_bias,
