@@ -204,7 +204,7 @@ class Predictor:
         n_threads = torch.get_num_threads()
         torch.set_num_threads(min(default_num_processes, n_threads))
         try:
-            with clock("network"):
+            with clock("network"), torch.inference_mode():
                 prediction = None
                 for weights in b.fold_weights:
                     b.network.load_state_dict(weights)
