@@ -290,7 +290,6 @@ class _Renderer:
     def _place_lesions(self):
         g, out = self.g, []
         length_mm = g.nz * g.sz
-        max_sp = max(g.sz, g.sy, g.sx)
         for les in self.ph.lesions:
             o = les["host"]
             d, f = les["dir"], les["frac"]
@@ -301,7 +300,7 @@ class _Renderer:
             if not (0 <= ci < g.nx and 0 <= cj < g.ny and 0 <= ck < g.nz):
                 continue
             organ_mm = min(o.ax * g.R, o.ay * g.R, o.at * length_mm)
-            r = max(min(les["r_mm"], 0.5 * organ_mm), 0.6 * max_sp)
+            r = min(les["r_mm"], 0.5 * organ_mm)    # the center voxel is always inside
             radii = r * les["ratios"]
             out.append(dict(host=o, center=(ck, cj, ci), radii=radii, rot=les["rot"],
                             contrast=les["contrast"], lob=les["lob"],
