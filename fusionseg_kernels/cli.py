@@ -218,6 +218,57 @@ def add_evaluate(subparsers) -> None:
 SUBCOMMANDS.append(add_evaluate)
 
 
+def _run_nnunet_env(args: argparse.Namespace) -> int:
+    from fusionseg_kernels.nnunet import env
+
+    for line in env.shell_lines(keep_existing=not args.only):
+        print(line)
+    return 0
+
+
+def add_nnunet_env(subparsers) -> None:
+    p = subparsers.add_parser(
+        "nnunet-env", help="shell lines that let nnU-Net find this package's trainers",
+        description="Prints `export nnUNet_extTrainer=...` (the folder of this package's nnU-Net trainers, "
+                    "followed by any folders already set); use as: eval \"$(fusionseg nnunet-env)\".")
+    p.add_argument("--only", action="store_true", help="do not keep folders already in nnUNet_extTrainer")
+    p.set_defaults(func=_run_nnunet_env)
+
+
+SUBCOMMANDS.append(add_nnunet_env)
+
+
+def _run_nnunet_plans(args: argparse.Namespace) -> int:
+    from fusionseg_kernels.nnunet import plans
+
+    path = plans.rewrite_plans(args.dataset, network=args.network, plans_name=args.plans_name,
+                               source_plans=args.source_plans, configuration=args.configuration,
+                               patch_size=args.patch, features=args.features, batch_size=args.batch_size)
+    print(f"wrote {path} (use: -p {args.plans_name})")
+    return 0
+
+
+def add_nnunet_plans(subparsers) -> None:
+    p = subparsers.add_parser(
+        "nnunet-plans", help="rewrite a dataset's nnU-Net plans so that 3d_fullres uses this package's network",
+        description="Copies <dataset>/<source>.json to <dataset>/<plans-name>.json (atomically) with the "
+                    "configuration's network set to fusionseg_kernels.models.<Network> and its arch_kwargs; "
+                    "the preprocessed data of the source plans is reused.")
+    p.add_argument("dataset", help="a preprocessed dataset folder, a plans .json file, or a dataset name or id "
+                                   "(looked up in $nnUNet_preprocessed)")
+    p.add_argument("--network", choices=("dual", "single", "plain"), default="dual")
+    p.add_argument("--plans-name", default="nnUNetPlans_fusionseg", help="the new plans identifier (-p of nnU-Net)")
+    p.add_argument("--source-plans", default="nnUNetPlans", help="the plans identifier to start from")
+    p.add_argument("--configuration", default="3d_fullres")
+    p.add_argument("--patch", nargs=3, type=int, metavar=("D", "H", "W"), help="new patch size")
+    p.add_argument("--features", nargs="+", type=int, metavar="F", help="features per stage (one per stage)")
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=_run_nnunet_plans)
+
+
+SUBCOMMANDS.append(add_nnunet_plans)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionseg", description="fusionseg: fused InceptionDWConv3d "
                                      "kernels and the dual-branch FLARE 2025 U-Net")

@@ -1,0 +1,15 @@
+"""nnU-Net v2 integration: trainers for the three networks, a plans rewriter and the environment.
+
+    trainers                 nnUNetTrainernew (the release's recipe) and its variants; imports nnunetv2
+    plans.rewrite_plans      a dataset's nnUNetPlans.json -> a plan whose 3d_fullres network is one of
+                             this package's (``fusionseg nnunet-plans``)
+    env.shell_lines          ``export nnUNet_extTrainer=...`` (``fusionseg nnunet-env``)
+
+See docs/nnunet.md.
+"""
+from .env import (NnUNetSetupError, backend_from_env, ext_trainer_dir, ext_trainer_value, shell_lines,
+                  training_length_from_env)
+from .plans import PlansError, fusionseg_architecture, rewrite_plans
+
+__all__ = ["NnUNetSetupError", "PlansError", "backend_from_env", "ext_trainer_dir", "ext_trainer_value",
+           "fusionseg_architecture", "rewrite_plans", "shell_lines", "training_length_from_env"]
