@@ -163,6 +163,81 @@ def check_fits_in_memory(header: ImageHeader, needed_bytes: int, available: int 
             f"but only {max(available, 0) / 2**30:.1f} GiB of memory is available.")
 
 
+def check_complete(header: ImageHeader) -> None:
+    """Raises `InputImageError` when the file holds fewer voxel bytes than its header declares.
+
+    ITK reads a truncated file without an error (the missing voxels come back as zeros), so this
+    is checked here: for NIfTI from the header's data offset, for .nii.gz from the gzip trailer
+    (the stream is decompressed to the end only when the trailer disagrees, e.g. for a
+    multi-member file), for MetaImage and NRRD files with raw voxels after the header from the
+    file size."""
+    path = header.path
+    need = header.n_voxels * header.bytes_per_voxel
+    lower = path.name.lower()
+    try:
+        if lower.endswith(".nii"):
+            offset = _nifti_offset(path.open("rb").read(560))
+            if offset is not None and path.stat().st_size < offset + need:
+                raise _truncated(path, offset + need, path.stat().st_size)
+        elif lower.endswith(".nii.gz"):
+            import gzip
+
+            with gzip.open(path, "rb") as f:
+                offset = _nifti_offset(f.read(560))
+            if offset is None:
+                return
+            expected = offset + need
+            with path.open("rb") as f:
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")
+            if isize == expected % (1 << 32):
+                return
+            total = 0
+            with gzip.open(path, "rb") as f:
+                while True:
+                    block = f.read(1 << 24)
+                    if not block:
+                        break
+                    total += len(block)
+            if total < expected:
+                raise _truncated(path, expected, total)
+        elif lower.endswith((".mha", ".nrrd")):
+            head = path.open("rb").read(1 << 16)
+            if lower.endswith(".mha"):
+                m = re.search(rb"ElementDataFile\s*=\s*LOCAL\s*?\r?\n", head)
+                raw = m is not None and not re.search(rb"CompressedData\s*=\s*True", head, re.I)
+                start = m.end() if m else 0
+            else:
+                m = re.search(rb"\r?\n\r?\n", head)
+                raw = m is not None and re.search(rb"encoding:\s*raw", head, re.I) is not None \
+                    and b"data file:" not in head.lower()
+                start = m.end() if m else 0
+            if raw and path.stat().st_size < start + need:
+                raise _truncated(path, start + need, path.stat().st_size)
+    except (EOFError, OSError, ValueError) as err:
+        if isinstance(err, InputImageError):
+            raise
+        raise InputImageError(f"{path} could not be read: it is corrupt or truncated ({err}).") from None
+
+
+def _nifti_offset(head: bytes) -> int | None:
+    import struct
+
+    if len(head) >= 348:
+        for order in "<>":
+            size = struct.unpack(order + "i", head[:4])[0]
+            if size == 348:
+                return int(struct.unpack(order + "f", head[108:112])[0])
+            if size == 540 and len(head) >= 176:
+                return int(struct.unpack(order + "q", head[168:176])[0])
+    return None
+
+
+def _truncated(path: Path, expected: int, found: int) -> InputImageError:
+    return InputImageError(f"{path} is truncated: its header declares {expected} bytes of image data "
+                           f"and header but the file holds {found}.")
+
+
 def read_image(header: ImageHeader) -> tuple[sitk.Image, np.ndarray]:
     """(the image, a (z, y, x) numpy view of its voxels). The view shares the image's memory:
     keep the image alive while the array is used."""

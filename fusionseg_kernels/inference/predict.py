@@ -153,6 +153,7 @@ class Predictor:
         with clock("read"):
             header = io.read_header(src)
             io.check_fits_in_memory(header, self.memory_needed(header))
+            io.check_complete(header)
             image, voxels = io.read_image(header)
         result.shape_zyx = list(header.shape_zyx)
         result.spacing_zyx = list(header.spacing_zyx)
