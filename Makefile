@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-# Keep freed memory (SPEC §6): page faults on fresh allocations otherwise dominate CPU timings.
+# Keep freed memory: page faults on fresh allocations otherwise dominate CPU timings.
 RETAIN_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736
 BUILD_INPUTS := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: all env build test test-fast test-interpreter bench bench-cpu clean distclean
+.PHONY: all env build test test-fast test-interpreter bench bench-cpu bench-trend bench-compare clean distclean
 
 all: test
 
@@ -36,11 +36,31 @@ test: build
 test-fast: build
 	$(PY) -m pytest tests --ignore=tests/interpreter -q -x -m "not slow"
 
+# Benchmarks. `make bench`: every benchmark this machine can run, then one report in
+# reports/<UTC time>-<device>/ (its path printed last); BENCH_ARGS are bench/run.py's options
+# (--full: full GPU sweep and the paper's case sizes). The trend suite (pytest-benchmark) stores
+# runs in BENCH_STORAGE; bench-compare fails when a benchmark's min time is > 10 % above BASELINE
+# (a stored run's number; default: the latest stored run).
+BENCH_ARGS ?=
+BENCH_STORAGE ?= .benchmarks
+BASELINE ?=
+BENCH_SUITE := $(PY) -m pytest bench/benchmarks --benchmark-only -p no:cacheprovider \
+	--benchmark-storage=file://$(abspath $(BENCH_STORAGE)) --benchmark-json=reports/benchmark.json
+
 bench: build
-	$(RETAIN_MALLOC) $(PY) bench/run.py
+	$(RETAIN_MALLOC) $(PY) bench/run.py $(BENCH_ARGS)
 
 bench-cpu: build
 	$(RETAIN_MALLOC) $(PY) bench/bench_cpu_op.py
+
+bench-trend: build
+	@mkdir -p reports
+	$(RETAIN_MALLOC) $(BENCH_SUITE) --benchmark-autosave
+
+bench-compare: build
+	@mkdir -p reports
+	$(RETAIN_MALLOC) $(BENCH_SUITE) --benchmark-compare$(if $(BASELINE),=$(BASELINE)) \
+		--benchmark-compare-fail=min:10%
 
 clean:
 	rm -rf build fusionseg_kernels/_C*.so $(VENV)/.build-stamp

@@ -1,31 +1,316 @@
-"""`make bench`: the benchmark jobs that run on this machine, in order; each writes bench/results/."""
+"""`make bench`: every benchmark that runs on this machine, then one report.
+
+Writes reports/<UTC date and time>-<device>/ (or --out DIR) with:
+  report.md        the report: op benchmark, static GPU report, network comparison, complexity,
+                   FLARE efficiency profile of `fusionseg predict`
+  results.json     everything the report shows, with the environment it was measured in
+  plots/*.png      speedup per layer shape, bandwidth against the roofline, network comparison,
+                   FLARE memory-time curves
+  raw/, logs/      each job's own result file and output
+and prints the report's path last. Sections:
+
+  op          CPU: bench/bench_cpu_op.py (cpu, reference, torch.compile(reference));
+              GPU: bench/bench_gpu_kernels.py (every built backend, reference, torch.compile)
+  gpu_static  bench/gpu_static.py --json (static GPU report; predictions, no GPU needed)
+  network     bench/bench_network.py (inference forward and training step, reference vs fused)
+  complexity  fusionseg complexity --json
+  flare       fusionseg synth + fusionseg profile --per-case -- fusionseg predict, on synthetic
+              cases, once per backend (reference and the fused ones)
+
+Default on a CPU machine: about 5-10 minutes on 2 cores. --full: the full GPU sweep (all shapes
+with torch.compile, longer timing), the full static report and the paper's eight case sizes
+(512x512x{55,100,150,215,334,448,499,554}) in the FLARE profile (also --flare-sizes paper).
+Results go to an untracked folder; committed reference results in bench/results/ are only
+written when a job is pointed there explicitly.
+
+    python bench/run.py [--out DIR] [--full] [--only SECTION ...] [--skip SECTION ...]
+                        [--flare-sizes small|paper] [--flare-cases N] [--smoke]
+"""
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-JOBS = [
-    ["bench_cpu_op.py"],
-    ["bench_network.py", "--device", "cpu", "--quick", "--repeats", "5", "--threads", "2",
-     "--keep-freed-memory"],
-]
+sys.path.insert(0, str(HERE))
+from common import (KEEP_FREED_MEMORY, REPORTS_DIR, ROOT, device_slug, environment, utc_now,  # noqa: E402
+                    write_json)
+
+SECTIONS = ("op", "gpu_static", "network", "complexity", "flare")
+PAPER_SLICES = (55, 100, 150, 215, 334, 448, 499, 554)
+# FLARE whole-body CT: 512 x 512 in-plane at ~0.8 mm, 2.5 mm slices (array order z, y, x).
+PAPER_SPACING = (2.5, 0.8, 0.8)
+SMALL_SIZE, SMALL_SPACING = (40, 160, 160), (5.0, 1.6, 1.6)
 
 
-def main() -> int:
-    failed = []
-    for job in JOBS:
-        script = HERE / job[0]
-        if not script.exists():
-            continue
-        print(f"== {' '.join(job)}", flush=True)
-        if subprocess.run([sys.executable, str(script), *job[1:]]).returncode != 0:
-            failed.append(job[0])
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--out", type=Path, default=None, help="report folder (default reports/<UTC time>-<device>/)")
+    p.add_argument("--full", action="store_true",
+                   help="full GPU sweep, full static report, the paper's eight case sizes")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections")
+    p.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], help="leave these sections out")
+    p.add_argument("--flare-sizes", choices=("small", "paper"), default=None,
+                   help="small: --flare-cases cases of 40x160x160 at 5x1.6x1.6 mm (default); "
+                        "paper: 512x512x{55..554} at 2.5x0.8x0.8 mm (default with --full)")
+    p.add_argument("--flare-cases", type=int, default=2, help="number of small FLARE cases (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU jobs (default 2)")
+    p.add_argument("--smoke", action="store_true", help="every section on tiny sizes (a check of the pipeline)")
+    args = p.parse_args(argv)
+    args.sections = [s for s in (args.only or SECTIONS) if s not in args.skip]
+    args.flare_sizes = args.flare_sizes or ("paper" if args.full else "small")
+    if args.flare_cases < 1:
+        p.error("--flare-cases must be at least 1")
+    return args
+
+
+class Runner:
+    """Runs one job at a time, its output shown and kept in logs/<name>.log; records status and time."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.status: dict[str, dict] = {}
+
+    def run(self, name: str, cmd: list[str], env: dict | None = None, stdout_file: Path | None = None) -> bool:
+        log = self.out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        shown = shlex.join(str(c) for c in cmd)
+        print(f"== {name}: {shown}", flush=True)
+        t0 = time.perf_counter()
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        with open(log, "w") as lf:
+            lf.write(f"$ {shown}\n")
+            lf.flush()
+            if stdout_file is not None:  # stdout is the result (JSON); stderr goes to the log
+                with open(stdout_file, "w") as of:
+                    proc = subprocess.run(cmd, stdout=of, stderr=lf, env=full_env, cwd=ROOT)
+                rc = proc.returncode
+            else:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+                                        cwd=ROOT, text=True, bufsize=1)
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    lf.write(line)
+                rc = proc.wait()
+        seconds = time.perf_counter() - t0
+        entry = self.status.setdefault(name, {"command": shown, "seconds": 0.0, "ok": True, "log": str(log)})
+        entry["seconds"] += seconds
+        entry["ok"] = entry["ok"] and rc == 0
+        if rc != 0:
+            entry["error"] = f"exit status {rc}; see {log}"
+            print(f"== {name}: FAILED (exit status {rc}, {seconds:.0f} s; log {log})", flush=True)
+        else:
+            print(f"== {name}: done in {seconds:.0f} s", flush=True)
+        return rc == 0
+
+    def skip(self, name: str, why: str) -> None:
+        print(f"== {name}: skipped ({why})", flush=True)
+        self.status[name] = {"ok": None, "skipped": why, "seconds": 0.0}
+
+
+def load(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fused_backends(device: str) -> list[str]:
+    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend
+    import torch
+
+    x = torch.empty(1, 8, 1, 1, 1, device=device)
+    out = []
+    for name in (("cpu",) if device == "cpu" else ("cuda", "triton")):
+        try:
+            check_backend(name, x)
+            out.append(name)
+        except Exception:  # noqa: BLE001 - not built or not usable here
+            pass
+    return out
+
+
+def has_cli(name: str) -> bool:
+    from fusionseg_kernels.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public listing
+        if name in getattr(action, "choices", {}) or {}:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- sections
+
+def section_op(r: Runner, args, device: str, py: str) -> dict | None:
+    raw = r.out / "raw"
+    if device == "cpu":
+        out = raw / "cpu_op.json"
+        cmd = [py, str(HERE / "bench_cpu_op.py"), "--threads", str(args.threads), "--out", str(out)]
+        if args.smoke:
+            cmd += ["--smoke"]
+        r.run("op", cmd, env=KEEP_FREED_MEMORY)
+        data = load(out)
+        return {"kind": "cpu", "data": data} if data else None
+    out = raw / "gpu_kernels.json"
+    cmd = [py, str(HERE / "bench_gpu_kernels.py"), "--out", str(out)]
+    if args.smoke:
+        cmd += ["--smoke", "--device", "cuda"]
+    elif not args.full:
+        cmd += ["--quick", "--compile-shapes", "2"]
+    r.run("op", cmd)
+    data = load(out)
+    return {"kind": "gpu", "data": data} if data else None
+
+
+def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
+    script = HERE / "gpu_static.py"
+    if not script.exists():
+        r.skip("gpu_static", "bench/gpu_static.py is not in this checkout")
+        return None
+    out = r.out / "raw" / "gpu_static.json"
+    cmd = [py, str(script), "--json", str(out), "--quiet"]
+    if not args.full:
+        cmd += ["--subset"]
+    r.run("gpu_static", cmd)
+    return load(out)
+
+
+def section_network(r: Runner, args, device: str, py: str) -> dict | None:
+    out = r.out / "raw" / "network.json"
+    cmd = [py, str(HERE / "bench_network.py"), "--device", device, "--out", str(out)]
+    if args.smoke:
+        cmd += ["--smoke", "--threads", str(args.threads)]
+    elif device == "cpu":
+        cmd += ["--quick", "--repeats", "5", "--threads", str(args.threads), "--keep-freed-memory"]
+    r.run("network", cmd)
+    return load(out)
+
+
+def section_complexity(r: Runner, args, device: str, py: str) -> dict | None:
+    out = r.out / "raw" / "complexity.json"
+    cmd = [py, "-m", "fusionseg_kernels.cli", "complexity", "--json"]
+    if args.smoke:
+        cmd += ["--networks", "dual"]
+    r.run("complexity", cmd, stdout_file=out)
+    return load(out)
+
+
+def write_model_folder(folder: Path, smoke: bool) -> None:
+    """The released network (DualBranchUNet) with random weights as an nnU-Net model folder, with
+    the release's plans (smoke: a tiny network and patch)."""
+    import torch
+    from fusionseg_kernels.inference import create_model_folder, released_plans
+    from fusionseg_kernels.models import DualBranchUNet
+
+    torch.manual_seed(0)
+    if smoke:
+        features, strides, patch = (8, 16, 16, 32), ((1, 1, 1), (2, 2, 2), (2, 2, 2), (1, 2, 2)), (16, 32, 32)
+        net = DualBranchUNet(features_per_stage=features, strides=strides).eval()
+        plans = released_plans(patch_size=patch, features_per_stage=features, strides=strides)
+    else:
+        net, plans = DualBranchUNet().eval(), released_plans()
+    create_model_folder(folder, net, plans)
+
+
+def section_flare(r: Runner, args, device: str, py: str) -> dict | None:
+    missing = [c for c in ("predict", "synth", "profile") if not has_cli(c)]
+    if missing:
+        r.skip("flare", f"`fusionseg {'/'.join(missing)}` not available in this checkout")
+        return None
+    work = r.out / "flare"
+    cases = work / "cases"
+    cases.mkdir(parents=True, exist_ok=True)
+    cli = [py, "-m", "fusionseg_kernels.cli"]
+    if args.smoke:
+        sizes = [((12, 40, 40), SMALL_SPACING)]
+    elif args.flare_sizes == "paper":
+        sizes = [((z, 512, 512), PAPER_SPACING) for z in PAPER_SLICES]
+    else:
+        sizes = [(SMALL_SIZE, SMALL_SPACING)] * args.flare_cases
+    t0 = time.perf_counter()
+    for i, (size, spacing) in enumerate(sizes):
+        folder = work / "synth" / f"{i:02d}"
+        if not r.run("flare_synth", [*cli, "synth", "-o", str(folder), "-n", "1", "--size", *map(str, size),
+                                     "--spacing", *map(str, spacing), "--seed", str(i)]):
+            return None
+        for image in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+            target = cases / image.name
+            if not target.exists():
+                os.link(image, target) if os.stat(image).st_dev == os.stat(cases).st_dev else shutil.copy2(image, target)
+    model = work / "model"
+    print(f"== flare_model: writing a random-weight model folder to {model}", flush=True)
+    write_model_folder(model, args.smoke)
+    r.status.setdefault("flare_synth", {"ok": True, "seconds": 0.0})["seconds_with_model"] = time.perf_counter() - t0
+    backends = ["reference"] + fused_backends(device)
+    results = {}
+    for backend in backends:
+        out_json = r.out / "raw" / f"flare_{backend}.json"
+        predict = [*cli, "predict", "-i", "{input}", "-o", "{output}", "-m", str(model), "--device", device,
+                   "--backend", backend, "--quiet"]
+        if device == "cpu":
+            predict += ["--threads", str(args.threads)]
+        r.run(f"flare_{backend}", [*cli, "profile", "--per-case", "-i", str(cases), "-o",
+                                   str(work / f"out_{backend}"), "--json", str(out_json), "--", *predict])
+        data = load(out_json)
+        if data:
+            results[backend] = data
+    return {"sizes": [{"size_zyx": list(s), "spacing_zyx": list(sp)} for s, sp in sizes],
+            "device": device, "backends": results} if results else None
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    device = "cuda" if cuda_available() else "cpu"
+    env = environment(device)
+    out = args.out or REPORTS_DIR / f"{utc_now():%Y-%m-%dT%H%MZ}-{device_slug(env)}"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"bench: {env['device']}, commit {env['commit'][:12]}; report folder {out}", flush=True)
+    runner = Runner(out)
+    py = sys.executable
+    sections = {}
+    jobs = {"op": section_op, "gpu_static": section_gpu_static, "network": section_network,
+            "complexity": section_complexity, "flare": section_flare}
+    for name in args.sections:
+        try:
+            sections[name] = jobs[name](runner, args, device, py)
+        except Exception as err:  # noqa: BLE001 - one broken section must not lose the others
+            runner.status[name] = {"ok": False, "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
+            print(f"== {name}: FAILED ({type(err).__name__}: {err})", flush=True)
+            sections[name] = None
+    results = {"schema": "fusionseg-bench/1", "environment": env, "device_kind": device,
+               "options": {"full": args.full, "smoke": args.smoke, "flare_sizes": args.flare_sizes,
+                           "threads": args.threads, "sections": args.sections},
+               "total_seconds": time.perf_counter() - started, "status": runner.status, "sections": sections}
+    write_json(out / "results.json", results)
+    import report
+
+    path = report.write_report(results, out)
+    failed = [n for n, s in runner.status.items() if s.get("ok") is False]
     if failed:
         print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    print(f"bench: {time.perf_counter() - started:.0f} s in all")
+    print(path)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""Constants and helpers shared by the benchmark modules (see conftest.py)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SCALE = max(1, int(os.environ.get("FUSIONSEG_BENCH_SCALE", "1")))
+ROUNDS = max(1, int(os.environ.get("FUSIONSEG_BENCH_ROUNDS", "5" if DEVICE == "cpu" else "30")))
+FUSED = ("cpu",) if DEVICE == "cpu" else ("cuda", "triton")
+BACKENDS = ("reference",) + FUSED
+DTYPES = ("fp32",) if DEVICE == "cpu" else ("fp32", "bf16")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def require_backend(name: str) -> None:
+    """Skips (with the reason) when a backend is not usable here: the benchmark ids stay the same on
+    every machine, so stored runs can be compared."""
+    if name == "reference":
+        return
+    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend
+
+    try:
+        check_backend(name, torch.empty(1, 8, 1, 1, 1, device=DEVICE))
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"backend {name!r} unavailable: {err}")

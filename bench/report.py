@@ -1,0 +1,453 @@
+"""The benchmark report: report.md and plots/*.png from a results.json written by bench/run.py.
+
+    python bench/report.py REPORT_DIR                 # regenerate REPORT_DIR/report.md and plots/
+    python bench/report.py --results FILE --out DIR   # from a results.json elsewhere
+
+Sections (each only when its results are present): the op benchmark (every measured backend
+against `reference` and torch.compile(reference)), the static GPU report (predicted bandwidth
+fractions from bench/gpu_static.py), the network comparison, the complexity table and the FLARE
+efficiency profile of `fusionseg predict`. Plots use matplotlib's Agg backend (no display).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_atomic  # noqa: E402
+
+MODES = {"fwd": "forward", "fwdbwd": "forward+backward"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def table(head, rows) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+           ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def shape_label(shape) -> str:
+    return "×".join(str(s) for s in shape[1:])  # C×D×H×W (the batch is in the section text)
+
+
+def fmt(v, spec=".2f", none="-"):
+    return none if v is None else format(v, spec)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+# ----------------------------------------------------------------------------- op: CPU
+
+def cpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+    providers = data["providers"]
+    fused = [p for p in providers if p != "reference"]
+    dram = data["dram_copy"]
+    rows = data["results"]
+    out = [f"CPU, float32, batch 1, {data['environment']['threads']} threads; the network's "
+           f"{data['summary']['calls']} calls (identical shapes timed once, weighted by their count in the "
+           f"geometric means). Providers: {', '.join(providers)} (`compile` = torch.compile(reference)). "
+           "Medians.", ""]
+    head = ["shape (C×D×H×W)", "calls", "x MB", "reference fwd ms"] + [f"{p} fwd ms (speedup)" for p in fused]
+    head += ["reference fwd+bwd ms"] + [f"{p} fwd+bwd ms (speedup)" for p in fused]
+    body = []
+    for r in rows:
+        t, s = r["times_s"], r["speedup"]
+        cells = [shape_label(r["shape"]), r["calls"], f"{r['x_MB']:.1f}", f"{t['reference']['fwd'] * 1e3:.2f}"]
+        cells += [f"{t[p]['fwd'] * 1e3:.2f} ({s[p]['fwd']:.2f}x)" for p in fused]
+        cells += [f"{t['reference']['fwdbwd'] * 1e3:.1f}"]
+        cells += [f"{t[p]['fwdbwd'] * 1e3:.1f} ({s[p]['fwdbwd']:.2f}x)" for p in fused]
+        body.append(cells)
+    out += table(head, body) + [""]
+    for p, g in data["summary"]["geomean_speedup"].items():
+        out.append(f"- geometric mean speedup of `{p}` over `reference`: forward **{g['fwd']:.2f}x**, "
+                   f"forward+backward **{g['fwdbwd']:.2f}x**")
+    if "largest_cpu_fwd_over_clone" in data["summary"]:
+        out.append(f"- largest call ({shape_label(data['summary']['largest_shape'])}): fused forward = "
+                   f"{data['summary']['largest_cpu_fwd_over_clone']:.2f}x the time of `x.clone()`")
+    out += ["", f"Bandwidth (bytes read + written by the roofline: 2·|x| forward, 4.5·|x| forward+backward) "
+            f"against a memory copy of {dram['bytes_per_s'] / 1e9:.1f} GB/s measured in the same run on "
+            f"{dram['buffer_bytes'] / 2**20:.0f} MiB buffers (last-level cache "
+            f"{dram['last_level_cache_bytes'] / 2**20:.0f} MiB). Calls whose roofline bytes fit that cache "
+            "run from cache on a warm repeat: no fraction of a memory copy is given for them.", ""]
+    head = ["shape (C×D×H×W)", "x MB", "copy on this size GB/s"]
+    head += [f"{p} {m} GB/s (of memory copy)" for p in providers for m in ("fwd", "fwd+bwd")]
+    body = []
+    for r in rows:
+        cells = [shape_label(r["shape"]), f"{r['x_MB']:.1f}", f"{r['copy_same_size_GBps']:.1f}"]
+        for p in providers:
+            for m in ("fwd", "fwdbwd"):
+                frac = r["fraction_of_dram_copy"][p][m]
+                cells.append(f"{r['bandwidth_GBps'][p][m]:.1f} "
+                             f"({'cache-resident' if frac is None else format(frac, '.0%')})")
+        body.append(cells)
+    out += table(head, body)
+    figs = [plot_cpu_speedup(data, plots / "op_speedup.png"), plot_cpu_roofline(data, plots / "op_roofline.png")]
+    return out, figs
+
+
+def plot_cpu_speedup(data, path):
+    plt = _pyplot()
+    rows = data["results"]
+    fused = [p for p in data["providers"] if p != "reference"]
+    labels = [shape_label(r["shape"]) for r in rows]
+    series = [(p, m) for p in fused for m in ("fwd", "fwdbwd")]
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(rows) + 2), 4))
+    width = 0.8 / max(1, len(series))
+    for i, (p, m) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
+        ax.bar(xs, [r["speedup"][p][m] for r in rows], width, label=f"{p} {MODES[m]}")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("speedup over reference (log)")
+    ax.set_title(f"InceptionDWConv3d speedup per layer shape — {data['environment']['device']}", fontsize=9)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_cpu_roofline(data, path):
+    plt = _pyplot()
+    rows = data["results"]
+    dram = data["dram_copy"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for p in data["providers"]:
+        for m, marker in (("fwd", "o"), ("fwdbwd", "s")):
+            ax.plot([r["x_MB"] for r in rows], [r["bandwidth_GBps"][p][m] for r in rows], marker, label=f"{p} {MODES[m]}")
+    ax.axhline(dram["bytes_per_s"] / 1e9, color="black", ls="--", lw=1,
+               label=f"memory copy {dram['bytes_per_s'] / 1e9:.1f} GB/s")
+    llc_mb = dram["last_level_cache_bytes"] / 1e6
+    ax.axvspan(min(r["x_MB"] for r in rows) * 0.8, llc_mb / 2, color="grey", alpha=0.15,
+               label="forward cache-resident (2|x| ≤ LLC)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("|x| MB")
+    ax.set_ylabel("GB/s (roofline bytes / time)")
+    ax.set_title("Bandwidth against the memory-copy roofline (CPU)", fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- op: GPU
+
+def gpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+    meta = data["meta"]
+    rows = [r for r in data["rows"] if "ms" in r]
+    providers = data["providers"]
+    out = [f"{meta['device_name']}, batch {data['batch']}; providers {', '.join(providers)} (`compile` = "
+           f"torch.compile(reference)); device-to-device copy {data['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s "
+           "(read + write) in the same run. Cells: ms (speedup over reference, fraction of copy bandwidth).", ""]
+    for dtype in sorted({r["dtype"] for r in rows}):
+        for mode in ("fwd", "fwdbwd"):
+            sel = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
+            if not sel:
+                continue
+            shapes = []
+            for r in sel:
+                if r["shape"] not in shapes:
+                    shapes.append(r["shape"])
+            out += [f"**{dtype}, {MODES[mode]}**", ""]
+            body = []
+            for shape in shapes:
+                cells = [shape_label(shape), next(r["calls"] for r in sel if r["shape"] == shape)]
+                for p in providers:
+                    r = next((r for r in sel if r["shape"] == shape and r["provider"] == p), None)
+                    cells.append("-" if r is None else f"{r['ms']:.3f} ({fmt(r.get('speedup_vs_reference'))}x, "
+                                 f"{r['fraction_of_copy']:.0%})" + ("" if r.get("ok") else " WRONG"))
+                body.append(cells)
+            out += table(["shape (C×D×H×W)", "calls"] + providers, body) + [""]
+    out.append("Geometric means over the calls (per call):")
+    out.append("")
+    body = [[s["dtype"], MODES[s["mode"]], s["provider"], fmt(s.get("geomean_speedup_per_call")),
+             s.get("calls_slower_than_reference", "-"), s["all_ok"]]
+            for s in data["summary"] if s["provider"] != "reference"]
+    out += table(["dtype", "mode", "provider", "geomean speedup", "calls slower than reference", "all correct"], body)
+    return out, [plot_gpu_speedup(data, plots / "op_speedup.png"), plot_gpu_roofline(data, plots / "op_roofline.png")]
+
+
+def plot_gpu_speedup(data, path):
+    plt = _pyplot()
+    rows = [r for r in data["rows"] if "ms" in r and r["provider"] != "reference"]
+    dtypes = sorted({r["dtype"] for r in rows}) or ["-"]
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(9, 3.2 * len(dtypes)), squeeze=False)
+    for ax, dtype in zip(axes[:, 0], dtypes):
+        sel = [r for r in rows if r["dtype"] == dtype]
+        shapes = []
+        for r in sel:
+            if r["shape"] not in shapes:
+                shapes.append(r["shape"])
+        series = sorted({(r["provider"], r["mode"]) for r in sel})
+        width = 0.8 / max(1, len(series))
+        for i, (p, m) in enumerate(series):
+            pts = [(shapes.index(r["shape"]), r["speedup_vs_reference"]) for r in sel
+                   if (r["provider"], r["mode"]) == (p, m) and r.get("speedup_vs_reference")]
+            ax.bar([j + (i - (len(series) - 1) / 2) * width for j, _ in pts], [v for _, v in pts], width,
+                   label=f"{p} {MODES[m]}")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(shapes)), [shape_label(s) for s in shapes], rotation=35, ha="right", fontsize=7)
+        ax.set_title(f"{dtype}: speedup over reference — {data['meta']['device_name']}", fontsize=9)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_gpu_roofline(data, path):
+    plt = _pyplot()
+    rows = [r for r in data["rows"] if "ms" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({(r["provider"], r["dtype"], r["mode"]) for r in rows}):
+        sel = [r for r in rows if (r["provider"], r["dtype"], r["mode"]) == key]
+        ax.plot([r["x_bytes"] / 1e6 for r in sel], [r["bandwidth_gbs"] for r in sel], "o" if key[2] == "fwd" else "s",
+                label=" ".join(key), ms=4)
+    ax.axhline(data["copy_bandwidth_bytes_per_s"] / 1e9, color="black", ls="--", lw=1, label="device copy")
+    ax.set_xscale("log")
+    ax.set_xlabel("|x| MB")
+    ax.set_ylabel("GB/s (roofline bytes / time)")
+    ax.set_title("Achieved bandwidth against the copy roofline (GPU)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- static GPU report
+
+def gpu_static_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+    preds = data.get("predictions", [])
+    out = ["Predictions of bench/gpu_static.py (compiled kernels' resources and a bandwidth model; **not "
+           f"measurements**): {len(data.get('kernels', []))} compiled kernels, {len(preds)} predictions.", ""]
+    body = [[p["backend"], p["arch"], p["dtype"], shape_label(p["shape"]), f"{p['x_bytes'] / 1e6:.1f}",
+             p["direction"], fmt(p.get("predicted_fraction"), ".0%")] for p in preds]
+    out += table(["backend", "arch", "dtype", "shape (C×D×H×W)", "x MB", "direction",
+                  "predicted fraction of DRAM bandwidth"], body)
+    figs = [plot_gpu_static(data, plots / "gpu_static_roofline.png")] if preds else []
+    return out, figs
+
+
+def plot_gpu_static(data, path):
+    plt = _pyplot()
+    preds = [p for p in data["predictions"] if p.get("predicted_fraction") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({(p["backend"], p["arch"], p["direction"]) for p in preds}):
+        sel = sorted((p for p in preds if (p["backend"], p["arch"], p["direction"]) == key), key=lambda p: p["x_bytes"])
+        ax.plot([p["x_bytes"] / 1e6 for p in sel], [100 * p["predicted_fraction"] for p in sel], "o-",
+                label=" ".join(key), ms=3)
+    ax.axhline(100, color="black", ls="--", lw=1, label="roofline (DRAM bandwidth)")
+    ax.set_xscale("log")
+    ax.set_xlabel("|x| MB")
+    ax.set_ylabel("predicted % of DRAM bandwidth")
+    ax.set_title("Statically predicted bandwidth against the roofline (no GPU measured)", fontsize=9)
+    ax.legend(fontsize=6)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- network
+
+def network_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+    s = data["settings"]
+    out = [f"{data['network']} on {data['environment']['device']}: inference forward at batch "
+           f"{s['batch_inference']} × {'×'.join(map(str, s['patch_inference']))}, training step (forward, "
+           f"loss, backward, clipping, AdamW) at batch {s['batch_train']} × {'×'.join(map(str, s['patch_train']))}; "
+           f"{s['repeats']} interleaved repeats after {s['warmup']} warm-up.", ""]
+    body = []
+    for case in data["cases"]:
+        for b, r in case["results"].items():
+            share = (r.get("profile") or {}).get("idc_share")
+            body.append([case["case"], case["dtype"], b, f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
+                         f"{r['speedup_vs_reference']:.2f}x", fmt(share, ".1%")])
+    out += table(["case", "dtype", "backend", "median s", "min s", "speedup (median)",
+                  "InceptionDWConv3d share (profiler)"], body)
+    return out, [plot_network(data, plots / "network.png")]
+
+
+def plot_network(data, path):
+    plt = _pyplot()
+    cases = data["cases"]
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases) + 1, 3.5), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        names = list(case["results"])
+        med = [case["results"][b]["median_s"] for b in names]
+        ax.bar(names, med, color=["grey"] + ["tab:blue"] * (len(names) - 1))
+        for i, b in enumerate(names):
+            ax.text(i, med[i], f"{case['results'][b]['speedup_vs_reference']:.2f}x", ha="center", va="bottom",
+                    fontsize=8)
+        ax.set_title(f"{case['case']} ({case['dtype']})", fontsize=9)
+        ax.set_ylabel("median s")
+    fig.suptitle(f"Network: reference vs fused — {data['environment']['device']}", fontsize=9)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- complexity
+
+def complexity_section(data: list) -> list[str]:
+    body = []
+    for row in data:
+        fused = row.get("fused") or row.get("reference") or {}
+        pub = row.get("published") or {}
+        body.append([row["network"], f"{fused.get('total_params', 0):,}", f"{fused.get('total_macs', 0) / 1e9:.2f}",
+                     fmt(pub.get("paper_params_m"), ".2f") + (" M" if pub.get("paper_params_m") else ""),
+                     fmt(pub.get("paper_gmacs"), ".2f")])
+    patch = (data[0].get("fused") or data[0].get("reference") or {}).get("patch", []) if data else []
+    return [f"`fusionseg complexity --json` (FlopCounterMode on fake tensors), per "
+            f"{'×'.join(map(str, patch))} patch, batch 1:", ""] + \
+        table(["network", "parameters", "GMACs", "paper parameters", "paper GMACs"], body)
+
+
+# ----------------------------------------------------------------------------- FLARE
+
+def flare_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+    from fusionseg_kernels.profiling import case_table
+
+    backends = data["backends"]
+    first = next(iter(backends.values()))
+    out = [f"`fusionseg profile --per-case -- fusionseg predict --backend B` on synthetic cases "
+           f"(`fusionseg synth`), one process per case as FLARE runs one container per case; random-weight "
+           f"released network; device `{data['device']}`. Memory: {first['summary']['device']}.", ""]
+    for b, res in backends.items():
+        head, rows = case_table(res)
+        out += [f"**backend `{b}`**", ""] + table(head, rows) + [""]
+    if "reference" in backends and len(backends) > 1:
+        ref = {c["case"]: c for c in backends["reference"]["cases"]}
+        body = []
+        for b, res in backends.items():
+            if b == "reference":
+                continue
+            for c in res["cases"]:
+                r = ref.get(c["case"])
+                if r:
+                    body.append([c["case"], b, f"{r['time_s'] / c['time_s']:.2f}x",
+                                 fmt(None if not c["max_mem_mb"] else r["max_mem_mb"] / c["max_mem_mb"]),
+                                 fmt(None if not c["auc_mb_s"] else r["auc_mb_s"] / c["auc_mb_s"])])
+        out += ["Reference against fused, per case (ratios > 1: the fused backend is faster / uses less):", ""]
+        out += table(["case", "backend", "running time ratio", "max memory ratio", "total memory ratio"], body)
+    return out, [plot_flare(data, plots / "flare_curves.png")]
+
+
+def plot_flare(data, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    styles = ["-", "--", ":", "-."]
+    cases = sorted({c["case"] for res in data["backends"].values() for c in res["cases"]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    kind = "RSS"
+    for i, (b, res) in enumerate(data["backends"].items()):
+        kind = "GPU" if res["summary"].get("source") == "nvml" else "RSS"
+        for c in res["cases"]:
+            curve = c["curve"]
+            ax.plot([t for t, _ in curve], [v for _, v in curve], styles[i % len(styles)],
+                    color=colors[cases.index(c["case"]) % len(colors)], label=f"{c['case']} {b}", lw=1)
+    ax.set_xlabel("s since the command started")
+    ax.set_ylabel(f"{kind} MB")
+    ax.set_title("FLARE memory-time curves per case (line style: backend)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- the report
+
+def environment_lines(results: dict) -> list[str]:
+    env = results["environment"]
+    alloc = env.get("allocator_env") or {}
+    return [
+        f"- device: {env['device']}" + (f" (compute capability {env['compute_capability']})"
+                                        if env.get("compute_capability") else ""),
+        f"- driver: {env.get('driver') or 'none (no GPU driver)'}; CUDA (torch) {env.get('cuda')}; "
+        f"torch {env['torch']}; triton {env.get('triton')}; Python {env['python']}",
+        f"- CPU: {env['cpu']} ({env.get('cpu_count')} cores, {env.get('cpu_capability')}); torch threads "
+        f"{env['threads']}",
+        f"- commit {env['commit']}" + (" (uncommitted changes)" if env.get("dirty") else ""),
+        f"- allocator settings of this process: {alloc or 'glibc default'} (the CPU jobs run with "
+        "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set to keep freed memory; each job records its own)",
+        f"- date (UTC): {env['date_utc']}; command: `{env['command']}`",
+    ]
+
+
+def build_markdown(results: dict, out_dir: Path) -> tuple[str, list[Path]]:
+    plots = out_dir / "plots"
+    sec = results.get("sections", {})
+    lines = [f"# Benchmark report — {results['environment']['device']}", ""] + environment_lines(results) + [""]
+    status = results.get("status", {})
+    if status:
+        body = [[n, "skipped" if s.get("ok") is None else "ok" if s["ok"] else "FAILED", f"{s.get('seconds', 0):.0f}",
+                 s.get("skipped") or s.get("error") or ""] for n, s in status.items()]
+        lines += table(["job", "status", "seconds", "note"], body)
+        lines += ["", f"Total: {results.get('total_seconds', 0):.0f} s.", ""]
+    figs: list[Path] = []
+
+    def add(title, part):
+        lines.extend([f"## {title}", ""])
+        text, new = part
+        lines.extend(text)
+        for f in new:
+            lines.extend(["", f"![{f.stem}](plots/{f.name})"])
+            figs.append(f)
+        lines.append("")
+
+    op = sec.get("op")
+    if op:
+        add("Op benchmark: InceptionDWConv3d", cpu_op_section(op["data"], plots) if op["kind"] == "cpu"
+            else gpu_op_section(op["data"], plots))
+    if sec.get("gpu_static"):
+        add("Static GPU report (predictions)", gpu_static_section(sec["gpu_static"], plots))
+    if sec.get("network"):
+        add("Network: reference vs fused", network_section(sec["network"], plots))
+    if sec.get("complexity"):
+        add("Complexity", (complexity_section(sec["complexity"]), []))
+    if sec.get("flare"):
+        add("FLARE efficiency profile of `fusionseg predict`", flare_section(sec["flare"], plots))
+    missing = [n for n in ("op", "gpu_static", "network", "complexity", "flare") if not sec.get(n)]
+    if missing:
+        lines += [f"Not in this report (skipped or failed, see the job table): {', '.join(missing)}.", ""]
+    return "\n".join(lines), figs
+
+
+def write_report(results: dict, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    md, _ = build_markdown(results, out_dir)
+    path = out_dir / "report.md"
+    write_atomic(path, md)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("report_dir", nargs="?", type=Path, help="a folder holding results.json")
+    p.add_argument("--results", type=Path, help="results.json (default REPORT_DIR/results.json)")
+    p.add_argument("--out", type=Path, help="where report.md and plots/ go (default: the results' folder)")
+    args = p.parse_args(argv)
+    if args.results is None and args.report_dir is None:
+        p.error("give REPORT_DIR or --results FILE")
+    src = args.results or args.report_dir / "results.json"
+    try:
+        results = json.loads(src.read_text())
+    except OSError as err:
+        print(f"report: cannot read {src}: {err.strerror}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"report: {src} is not JSON: {err}", file=sys.stderr)
+        return 1
+    path = write_report(results, args.out or src.parent)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
