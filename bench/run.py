@@ -34,8 +34,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +67,11 @@ def parse_args(argv=None):
                         "paper: 512x512x{55..554} at 2.5x0.8x0.8 mm (default with --full)")
     p.add_argument("--flare-cases", type=int, default=2, help="number of small FLARE cases (default 2)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the CPU jobs (default 2)")
+    p.add_argument("--gpu-static-json", type=Path, default=None,
+                   help="use this stored bench/gpu_static.py --json report instead of running it")
+    p.add_argument("--gpu-static-limit", type=float, default=240,
+                   help="seconds bench/gpu_static.py may take (default 240; it compiles Triton kernels for "
+                        "two architectures the first time, later runs reuse Triton's cache); 0: no limit")
     p.add_argument("--smoke", action="store_true", help="every section on tiny sizes (a check of the pipeline)")
     args = p.parse_args(argv)
     args.sections = [s for s in (args.only or SECTIONS) if s not in args.skip]
@@ -80,8 +87,20 @@ class Runner:
     def __init__(self, out: Path):
         self.out = out
         self.status: dict[str, dict] = {}
+        self.timed_out: set[str] = set()
 
-    def run(self, name: str, cmd: list[str], env: dict | None = None, stdout_file: Path | None = None) -> bool:
+    def _kill(self, proc, name, timeout):
+        self.timed_out.add(name)
+        print(f"== {name}: limit of {timeout:.0f} s reached, stopping it", flush=True)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def run(self, name: str, cmd: list[str], env: dict | None = None, stdout_file: Path | None = None,
+            timeout: float | None = None) -> bool:
+        """Runs cmd in its own process group; past `timeout` seconds the group is killed and the job
+        counts as failed (what it wrote so far is kept)."""
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         shown = shlex.join(str(c) for c in cmd)
@@ -91,22 +110,30 @@ class Runner:
         with open(log, "w") as lf:
             lf.write(f"$ {shown}\n")
             lf.flush()
-            if stdout_file is not None:  # stdout is the result (JSON); stderr goes to the log
-                with open(stdout_file, "w") as of:
-                    proc = subprocess.run(cmd, stdout=of, stderr=lf, env=full_env, cwd=ROOT)
-                rc = proc.returncode
-            else:
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                                        cwd=ROOT, text=True, bufsize=1)
-                for line in proc.stdout:
-                    sys.stdout.write(line)
-                    lf.write(line)
+            of = open(stdout_file, "w") if stdout_file is not None else None  # stdout is the result
+            proc = subprocess.Popen(cmd, stdout=of or subprocess.PIPE, stderr=lf if of else subprocess.STDOUT,
+                                    env=full_env, cwd=ROOT, text=True, bufsize=1, start_new_session=True)
+            timer = threading.Timer(timeout, self._kill, (proc, name, timeout)) if timeout else None
+            if timer:
+                timer.start()
+            try:
+                if of is None:
+                    for line in proc.stdout:
+                        sys.stdout.write(line)
+                        lf.write(line)
                 rc = proc.wait()
+            finally:
+                if timer:
+                    timer.cancel()
+                if of is not None:
+                    of.close()
         seconds = time.perf_counter() - t0
         entry = self.status.setdefault(name, {"command": shown, "seconds": 0.0, "ok": True, "log": str(log)})
         entry["seconds"] += seconds
         entry["ok"] = entry["ok"] and rc == 0
-        if rc != 0:
+        if name in self.timed_out:
+            entry["error"] = f"stopped after its limit of {timeout:.0f} s; see {log}"
+        elif rc != 0:
             entry["error"] = f"exit status {rc}; see {log}"
             print(f"== {name}: FAILED (exit status {rc}, {seconds:.0f} s; log {log})", flush=True)
         else:
@@ -180,6 +207,10 @@ def section_op(r: Runner, args, device: str, py: str) -> dict | None:
 
 
 def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
+    if args.gpu_static_json:
+        data = load(args.gpu_static_json)
+        r.status["gpu_static"] = {"ok": data is not None, "seconds": 0.0, "source": str(args.gpu_static_json)}
+        return data
     script = HERE / "gpu_static.py"
     if not script.exists():
         r.skip("gpu_static", "bench/gpu_static.py is not in this checkout")
@@ -188,7 +219,7 @@ def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
     cmd = [py, str(script), "--json", str(out), "--quiet"]
     if not args.full:
         cmd += ["--subset"]
-    r.run("gpu_static", cmd)
+    r.run("gpu_static", cmd, timeout=None if args.full or not args.gpu_static_limit else args.gpu_static_limit)
     return load(out)
 
 
