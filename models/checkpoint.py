@@ -10,13 +10,17 @@ those types — never a full unpickler, which would run arbitrary code from the 
 from __future__ import annotations
 
 import os
+import pickle
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from .networks import DualBranchUNet, PlainConvUNet, SingleBranchUNet, _UNet
+from fusionseg_kernels.errors import CheckpointError
+
+from .networks import NETWORKS, DualBranchUNet, PlainConvUNet, SingleBranchUNet, _UNet
 from .released import strip_prefixes
 
 # numpy's array and scalar reconstructors moved from numpy.core to numpy._core in numpy 2; a file
@@ -37,17 +41,42 @@ CHECKPOINT_SAFE_GLOBALS: list = [
 numpy arrays and scalars of numeric dtypes, numpy dtypes, and torch.device (SPEC §3)."""
 
 
+def _refused_global(message: str) -> str | None:
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
 def read_nnunet_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
     """The checkpoint dict, read with ``weights_only=True`` and `CHECKPOINT_SAFE_GLOBALS` allowed.
 
-    A file holding anything else (a pickled class, a function) raises ``pickle.UnpicklingError``
-    naming the global it refused."""
-    with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    Raises `CheckpointError` naming the file and what is wrong with it: missing, empty, not a
+    PyTorch file (a text file, a truncated or corrupted archive), holding an object the loader
+    refuses to build (a pickled class or function: never run code from a file), or not an nnU-Net
+    checkpoint (no 'network_weights')."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
+    problem = None
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        name = _refused_global(str(err))
+        problem = (f"{path} holds a pickled {name}, which this loader refuses to build (checkpoints "
+                   f"may hold only tensors, plain containers, numpy arrays and scalars, torch.device)"
+                   if name else f"{path} is not a readable PyTorch checkpoint (corrupted data)")
+    except Exception as err:  # anything an untrusted file makes the unpickler raise
+        detail = str(err).split(".")[0].strip() or type(err).__name__
+        problem = (f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another kind "
+                   f"of file: {detail})")
+    if problem:
+        raise CheckpointError(problem)
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise ValueError(f"{os.fspath(path)} is not an nnU-Net checkpoint (a dict with 'network_weights'); "
-                         f"found {type(checkpoint).__name__}"
-                         + (f" with keys {sorted(checkpoint)[:10]}" if isinstance(checkpoint, dict) else ""))
+        raise CheckpointError(f"{path} is not an nnU-Net checkpoint (a dict with 'network_weights'); "
+                              f"found {type(checkpoint).__name__}"
+                              + (f" with keys {sorted(map(str, checkpoint))[:10]}" if isinstance(checkpoint, dict) else ""))
     return checkpoint
 
 
@@ -61,6 +90,25 @@ def _normalized_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
             continue
         out[re.sub(r"^encoder\.stages\.(\d+)\.0\.", r"encoder.stages.\1.", key)] = value
     return out
+
+
+def _num_classes(sd: Mapping[str, torch.Tensor], n_heads: int) -> int:
+    """The class count the segmentation heads agree on. Every head carries it, so one that
+    differs is the odd one out and is named (instead of blaming all the others)."""
+    counts = {i: int(sd[f"decoder.seg_layers.{i}.weight"].shape[0]) for i in range(n_heads)
+              if f"decoder.seg_layers.{i}.weight" in sd}
+    if not counts:
+        raise CheckpointError("cannot infer the network: the state dict has no decoder.seg_layers.* heads")
+    values = sorted(counts.values())
+    majority = max(set(values), key=values.count)
+    odd = [f"decoder.seg_layers.{i}.weight has {c} classes" for i, c in counts.items() if c != majority]
+    if odd and values.count(majority) > len(values) / 2:
+        raise CheckpointError(f"the segmentation heads disagree on the number of classes: {'; '.join(odd)}, "
+                              f"the other {values.count(majority)} have {majority}")
+    if odd:
+        raise CheckpointError("the segmentation heads disagree on the number of classes: "
+                              + "; ".join(f"decoder.seg_layers.{i}.weight has {c}" for i, c in counts.items()))
+    return majority
 
 
 def infer_network_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[type[_UNet], dict]:
@@ -80,14 +128,14 @@ def infer_network_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tup
         cls = PlainConvUNet
     n_up = len({k.split(".")[2] for k in keys if k.startswith("decoder.transpconvs.")})
     if n_up == 0:
-        raise ValueError("cannot infer the network: no decoder.transpconvs.* tensors in the state dict")
+        raise CheckpointError("cannot infer the network: no decoder.transpconvs.* tensors in the state dict")
     n = n_up + 1
     features, strides = [0] * n, [(1, 1, 1)] * n
     for i in range(n_up):
         w = sd[f"decoder.transpconvs.{i}.weight"]
         features[n - 1 - i], features[n - 2 - i] = int(w.shape[0]), int(w.shape[1])
         strides[n - 1 - i] = tuple(int(s) for s in w.shape[2:])
-    num_classes = int(sd[f"decoder.seg_layers.{n_up - 1}.weight"].shape[0])
+    num_classes = _num_classes(sd, n_up)
 
     def first_layer_in(prefix: str, stem_channels: int) -> int:
         dense = sd.get(f"{prefix}.conv.weight")
@@ -129,17 +177,26 @@ def load_nnunet_checkpoint(path: str | os.PathLike, network: str | type[_UNet] =
     checkpoint's ``trainer_name``, ``current_epoch`` and ``inference_allowed_mirroring_axes``.
     Raises `ReleasedStateDictError` naming every tensor that does not fit.
     """
+    if isinstance(network, str) and network != "auto" and network not in NETWORKS:
+        raise CheckpointError(f"unknown network {network!r}; choose 'auto' or one of {', '.join(NETWORKS)}")
     checkpoint = read_nnunet_checkpoint(path, map_location=map_location)
     weights = checkpoint["network_weights"]
-    cls, kwargs = infer_network_from_state_dict(weights)
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(f"{os.fspath(path)}: 'network_weights' is a {type(weights).__name__}, not a state dict")
+    try:
+        cls, kwargs = infer_network_from_state_dict(weights)
+    except CheckpointError as err:
+        raise CheckpointError(f"{os.fspath(path)}: {err}") from None
     if network != "auto":
-        named = {"dual": DualBranchUNet, "single": SingleBranchUNet, "plain": PlainConvUNet}
-        cls = named[network] if isinstance(network, str) else network
+        cls = NETWORKS[network] if isinstance(network, str) else network
     kwargs.update(network_kwargs)
     if cls is DualBranchUNet:
         kwargs.pop("n_conv_per_stage", None)
     model = cls(backend=backend, **kwargs)
-    model.load_released_state_dict(weights)
+    try:
+        model.load_released_state_dict(weights)
+    except CheckpointError as err:
+        raise type(err)(f"{os.fspath(path)}: {err}") from None
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.checkpoint_info = {k: checkpoint.get(k) for k in

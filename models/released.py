@@ -15,12 +15,14 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from fusionseg_kernels.errors import CheckpointError
+
 from .blocks import ConvNormAct
 
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel wrappers
 
 
-class ReleasedStateDictError(RuntimeError):
+class ReleasedStateDictError(CheckpointError):
     """A state dict that cannot be loaded; the message lists every problem at once."""
 
 

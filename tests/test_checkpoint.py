@@ -10,6 +10,7 @@ import torch
 
 from helpers import rel_l2
 
+from fusionseg_kernels.errors import CheckpointError
 from fusionseg_kernels.models import (CHECKPOINT_SAFE_GLOBALS, DualBranchUNet, PlainConvUNet,
                                       ReleasedStateDictError, SingleBranchUNet, infer_network_from_state_dict,
                                       load_nnunet_checkpoint, read_nnunet_checkpoint)
@@ -100,7 +101,7 @@ def test_refuses_other_pickled_objects(tmp_path, fixture):
     ckpt = nnunet_checkpoint(fixture["state_dict"])
     ckpt["init_args"]["args"] = argparse.Namespace(fold=0)  # an arbitrary class: must not be built
     torch.save(ckpt, path)
-    with pytest.raises(pickle.UnpicklingError, match="Namespace"):
+    with pytest.raises(CheckpointError, match="holds a pickled argparse.Namespace, which this loader refuses"):
         read_nnunet_checkpoint(path)
 
 
@@ -118,8 +119,53 @@ def test_allow_list_is_exactly_numpy_and_device():
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not an nnU-Net checkpoint"):
+    with pytest.raises(CheckpointError, match="weights.pth is not an nnU-Net checkpoint"):
         read_nnunet_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", "no such checkpoint file"),
+    ("empty", "is empty (0 bytes)"),
+    ("text", "is not a readable PyTorch checkpoint"),
+    ("truncated", "is not a readable PyTorch checkpoint"),
+    ("corrupted", "is not a readable PyTorch checkpoint"),
+])
+def test_unreadable_checkpoints_say_which_file_and_what_is_wrong(tmp_path, damage, words):
+    good = tmp_path / "good.pth"
+    torch.save(nnunet_checkpoint(DualBranchUNet(features_per_stage=TINY_FEATURES).released_state_dict()), good)
+    data = good.read_bytes()
+    path = tmp_path / "checkpoint_final.pth"
+    content = {"empty": b"", "text": b"this is a text file\n", "truncated": data[: len(data) // 2],
+               "corrupted": data[:1000] + bytes(300) + data[1300:]}
+    if damage != "missing":
+        path.write_bytes(content[damage])
+    for reader in (read_nnunet_checkpoint, load_nnunet_checkpoint):
+        with pytest.raises(CheckpointError) as info:
+            reader(path)
+        message = str(info.value)
+        assert str(path) in message and words in message, message
+        assert "\n" not in message and info.value.__cause__ is None
+
+
+def test_unknown_network_name(tmp_path, fixture):
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(nnunet_checkpoint(fixture["state_dict"]), path)
+    with pytest.raises(CheckpointError, match="unknown network 'bogus'; choose 'auto' or one of dual, single, plain"):
+        load_nnunet_checkpoint(path, network="bogus")
+
+
+def test_tampered_head_is_named_as_the_odd_one_out(tmp_path, fixture):
+    weights = dict(fixture["state_dict"])
+    last = max(int(k.split(".")[2]) for k in weights if k.startswith("decoder.seg_layers."))
+    weights[f"decoder.seg_layers.{last}.weight"] = torch.randn(3, *weights[f"decoder.seg_layers.{last}.weight"].shape[1:])
+    weights[f"decoder.seg_layers.{last}.bias"] = torch.randn(3)
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(nnunet_checkpoint(weights), path)
+    with pytest.raises(CheckpointError) as info:
+        load_nnunet_checkpoint(path)
+    message = str(info.value)
+    assert f"decoder.seg_layers.{last}.weight has 3 classes" in message and "have 2" in message
+    assert "decoder.seg_layers.0.weight" not in message
 
 
 @pytest.mark.parametrize("cls, kwargs", [
