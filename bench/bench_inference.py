@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the synthetic cases and the model folder are kept between runs")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker run (default 3600)")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/local/inference_<device>_<time>.json)")
+    p.add_argument("--agreement", type=int, metavar="N", default=0,
+                   help="instead of timing: Dice between the fast and exact masks on N synthetic cases "
+                        "(--sizes, --spacing), with a stand-in network that segments bone (HU > 150)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -181,6 +184,53 @@ def worker(spec: dict) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------- agreement
+def agreement(args, sizes, cache: Path, out_path: Path) -> int:
+    import common
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from fusionseg_kernels.data.synth import synthesize_ct, write_case
+    from fusionseg_kernels.inference import PredictOptions, Predictor, keep_freed_memory, load_model_folder
+    from fusionseg_kernels.inference.demo import threshold_network
+
+    keep_freed_memory(args.allocator != "default")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = model_folder(cache, "tiny")   # only its plans are used: the network is replaced
+    doc = {"benchmark": "inference_agreement", "environment": common.environment(args.device),
+           "settings": {"spacing": list(args.spacing), "network": "threshold (HU > 150, 3x3x3 mean)",
+                        "step": args.step, "device": args.device}, "cases": []}
+    print(f"results -> {out_path}")
+    for size in sizes:
+        for seed in range(args.agreement):
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                src = Path(tmp) / "agree_0000.nii.gz"
+                write_case(synthesize_ct(size=size, spacing=tuple(args.spacing), seed=100 + seed), src)
+                masks = {}
+                for mode in ("exact", "fast"):
+                    bundle = load_model_folder(model)
+                    bundle.network, bundle.fold_weights = threshold_network(), [{}]
+                    Predictor(bundle, PredictOptions(device=args.device, mode=mode, quiet=True,
+                                                     step=args.step)).predict_file(src, Path(tmp) / f"{mode}.nii.gz")
+                    masks[mode] = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / f"{mode}.nii.gz"))) > 0
+            a, b = masks["fast"], masks["exact"]
+            d = 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+            row = {"size_zyx": list(size), "seed": 100 + seed, "dice_fast_vs_exact": d,
+                   "exact_voxels": int(b.sum()), "fast_voxels": int(a.sum()),
+                   "differing_voxels": int((a ^ b).sum())}
+            doc["cases"].append(row)
+            common.write_json(out_path, doc)
+            print(f"{'x'.join(map(str, size)):>14} seed {100 + seed}: Dice {d:.4f} "
+                  f"({row['differing_voxels']} of {row['exact_voxels']} exact-mask voxels differ)", flush=True)
+    dices = [c["dice_fast_vs_exact"] for c in doc["cases"]]
+    doc["mean_dice"] = float(np.mean(dices)) if dices else None
+    common.write_json(out_path, doc)
+    print(f"mean Dice fast vs exact: {doc['mean_dice']:.4f} over {len(dices)} case(s)")
+    return 0
+
+
 # --------------------------------------------------------------------------------- driver
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -196,9 +246,11 @@ def main(argv=None) -> int:
     allocators = ["keep", "default"] if args.allocator == "both" else [args.allocator]
     if args.device == "cuda":
         allocators = allocators[:1]
-    out_path = args.out or common.default_out(f"inference_{args.device}")
     cache = args.cache_dir
     cache.mkdir(parents=True, exist_ok=True)
+    if args.agreement:
+        return agreement(args, sizes, cache, args.out or common.default_out("inference_agreement"))
+    out_path = args.out or common.default_out(f"inference_{args.device}")
     model = model_folder(cache, args.network)
     doc = {"benchmark": "inference", "environment": common.environment(args.device),
            "settings": {"device": args.device, "spacing": list(args.spacing), "network": args.network,

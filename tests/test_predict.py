@@ -11,6 +11,7 @@ import torch
 
 from fusionseg_kernels.cli import main
 from fusionseg_kernels.inference import PredictOptions, Predictor, load_model_folder
+from fusionseg_kernels.inference.demo import threshold_network
 from fusionseg_kernels.inference.io import case_name, output_name
 from fusionseg_kernels.inference.sliding_window import compute_steps, gaussian_importance, predict_logits_exact
 from test_predict_support import (TINY_PATCH, ct_volume, leftovers, make_model_folder, rotation_direction,
@@ -124,18 +125,6 @@ def test_tta_is_symmetric(model, tmp_path):
         np.testing.assert_array_equal(np.flip(m, axes), base, err_msg=f"mirrored along {axes}")
 
 
-class _ThresholdNet(torch.nn.Module):
-    """Segments dense tissue: foreground logit = 20 * (3x3x3 mean of the normalized input - t)."""
-
-    def __init__(self, hu: float = 150.0):
-        super().__init__()
-        self.t = (hu + 43.0046) / 262.2776
-
-    def forward(self, x):
-        s = torch.nn.functional.avg_pool3d(x, 3, 1, 1, count_include_pad=False)
-        return torch.cat([torch.zeros_like(s), 20.0 * (s - self.t)], 1)
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     s = a.sum() + b.sum()
@@ -149,7 +138,7 @@ def test_fast_agrees_with_exact(model, tmp_path):
     masks = {}
     for mode in ("exact", "fast"):
         bundle = load_model_folder(model)
-        bundle.network = _ThresholdNet()
+        bundle.network = threshold_network()
         bundle.fold_weights = [{}]
         Predictor(bundle, PredictOptions(device="cpu", mode=mode, quiet=True)).predict_file(
             src, tmp_path / f"{mode}.nii.gz")
@@ -196,3 +185,38 @@ def test_several_folds_average_like_nnunet(tmp_path):
     np.testing.assert_array_equal(got, mean.argmax(0).numpy())
     single = Predictor(folder, PredictOptions(device="cpu", mode="fast", quiet=True, folds=["1"]))
     assert single.bundle.folds == ["1"]
+
+
+def _malloc_module():
+    path = Path(__file__).resolve().parents[1] / "fusionseg_kernels" / "inference" / "malloc.py"
+    return str(path)
+
+
+@pytest.mark.parametrize("env,expected", [({}, "mallopt"), ({"MALLOC_TRIM_THRESHOLD_": "1"}, "environment"),
+                                          ({"NO": "1"}, "glibc default")])
+def test_keep_freed_memory(env, expected):
+    """mallopt is called only when the glibc variables are not set (a process of its own: the
+    setting is per process). The module is loaded from its file, without importing torch."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('m', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+            "print(m.keep_freed_memory(enable=sys.argv[2] == '1'))")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    clean.update({k: v for k, v in env.items() if k != "NO"})
+    out = subprocess.run([sys.executable, "-c", code, _malloc_module(), "0" if "NO" in env else "1"],
+                         env=clean, capture_output=True, text=True, check=True).stdout
+    assert out.startswith(expected), out
+
+
+def test_demo_and_help(tmp_path, capsys):
+    from fusionseg_kernels.inference.demo import make_demo
+
+    model, images = make_demo(tmp_path, cases=1, size=(12, 40, 40))
+    assert sorted(p.name for p in images.iterdir()) == ["demo_0000_0000.nii.gz"]
+    assert load_model_folder(model).trainer_name == "nnUNetTrainernew"
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--help"])
+    assert exc.value.code == 0 and "--mode" in capsys.readouterr().out
