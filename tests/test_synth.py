@@ -1,6 +1,10 @@
 """The synthetic whole-body CT generator: determinism, tissue densities, lesions, files, CLI."""
+import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 import tracemalloc
 
 import numpy as np
@@ -39,6 +43,20 @@ def test_same_seed_same_bytes_in_written_files_and_other_seeds_differ(tmp_path):
         assert arrays["a"][k].tobytes() == arrays["b"][k].tobytes()
     assert arrays["a"][0].tobytes() != arrays["c"][0].tobytes()
     assert arrays["a"][1].tobytes() != arrays["c"][1].tobytes()
+
+
+def test_same_bytes_whatever_the_thread_count():
+    code = ("import hashlib; from fusionseg_kernels.data.synth import synthesize_ct; "
+            "c = synthesize_ct((16, 64, 48), (10.0, 5.0, 6.0), seed=9); "
+            "print(hashlib.sha256(c.image.tobytes() + c.label.tobytes()).hexdigest())")
+    digests = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip().splitlines()[-1])
+    c = synthesize_ct((16, 64, 48), (10.0, 5.0, 6.0), seed=9)
+    digests.add(hashlib.sha256(c.image.tobytes() + c.label.tobytes()).hexdigest())
+    assert len(digests) == 1
 
 
 def test_lesions_false_changes_exactly_the_lesion_voxels():
@@ -124,6 +142,15 @@ def test_generation_holds_little_beyond_the_outputs():
         tracemalloc.stop()
     outputs = case.image.nbytes + case.label.nbytes
     assert peak < outputs + 12 * 2**20, (peak, outputs)     # a few slice-sized work arrays only
+
+
+@pytest.mark.slow
+def test_largest_case_is_fast_on_one_core():
+    start = time.process_time()
+    case = synthesize_ct(MAX_SIZE, (2.5, 0.8, 0.8), seed=1)
+    cpu = time.process_time() - start
+    assert case.image.shape == MAX_SIZE and case.label.any()
+    assert cpu < 40.0, cpu
 
 
 # ---- files ------------------------------------------------------------------------------------------

@@ -758,7 +758,8 @@ def run_cli(args) -> int:
     spacing = DEFAULT_SPACING if args.spacing is None else tuple(args.spacing)
     names = write_dataset(args.output, n=args.n, size=size, spacing=spacing, seed=args.seed)
     no_lesion = [c for i, c in enumerate(names) if not has_lesions(args.seed + i)]
-    print(f"wrote {len(names)} cases ({names[0]} .. {names[-1]}; size z, y, x = {size}, "
+    what = f"1 case ({names[0]}" if len(names) == 1 else f"{len(names)} cases ({names[0]} .. {names[-1]}"
+    print(f"wrote {what}; size z, y, x = {size}, "
           f"spacing z, y, x = {spacing} mm) to {args.output}: imagesTr/, labelsTr/, "
           f"dataset.json in {time.perf_counter() - t0:.1f} s")
     if no_lesion:
