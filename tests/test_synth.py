@@ -46,7 +46,11 @@ def test_same_seed_same_bytes_in_written_files_and_other_seeds_differ(tmp_path):
 
 
 def test_same_bytes_whatever_the_thread_count():
-    code = ("import hashlib; from fusionseg_kernels.data.synth import synthesize_ct; "
+    # the package's __init__ (torch) is skipped to keep the two fresh interpreters quick
+    pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules[synthesize_ct.__module__].__file__)))
+    code = ("import hashlib, sys, types; pkg = types.ModuleType('fusionseg_kernels'); "
+            f"pkg.__path__ = [{pkg_dir!r}]; sys.modules['fusionseg_kernels'] = pkg; "
+            "from fusionseg_kernels.data.synth import synthesize_ct; "
             "c = synthesize_ct((16, 64, 48), (10.0, 5.0, 6.0), seed=9); "
             "print(hashlib.sha256(c.image.tobytes() + c.label.tobytes()).hexdigest())")
     digests = set()
