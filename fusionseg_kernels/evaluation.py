@@ -2,8 +2,9 @@
 
 Rules for one case (prediction and ground truth of the same file name):
 
-1. Both masks are read with SimpleITK and cast to uint8 (as numpy casts: 256 wraps to 0, 1.7
-   truncates to 1); the spacing is the ground truth's, turned into array order (z, y, x).
+1. Both masks are read with SimpleITK and cast to uint8 as numpy casts (integers wrap modulo 256,
+   fractions are truncated); the spacing is the ground truth's, turned into array order (z, y, x).
+   Voxels are compared by index: origin and direction are not compared.
 2. A prediction holding any label above 1 scores DSC 0 and NSD 0.
 3. The lesion is label 1 on both sides. Both empty: DSC 1, NSD 1. Exactly one empty: 0 and 0.
 4. Otherwise DSC = 2|G ∩ P| / (|G| + |P|) and NSD = DeepMind surface-distance's surface Dice at
