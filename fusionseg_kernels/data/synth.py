@@ -168,7 +168,7 @@ class _Phantom:
             "skin": u(0, 30), "fat": u(-115, -85), "soft": u(38, 52), "lung": u(-870, -820),
             "heart": u(35, 48), "liver": u(52, 70), "spleen": u(44, 56), "kidney": u(26, 36),
             "bladder": u(5, 15), "aorta": u(38, 50), "cortical": u(800, 1150),
-            "cancellous": u(220, 320), "rib": u(450, 750), "brain": u(30, 40), "csf": u(5, 15),
+            "cancellous": u(280, 380), "rib": u(450, 750), "brain": u(30, 40), "csf": u(5, 15),
             "disc": u(75, 100)}
         self.noise_sd = u(10.0, 20.0)
         self.tex = [(rng.normal(0, 1, 3) * np.array([14.0, 14.0, 9.0]), u(0, 2 * np.pi))
