@@ -333,8 +333,9 @@ class _Renderer:
         a, b = ph.trunk(t)
         w = min(max(t, 0.0), 1.0)
         co = ph.outline[0] * (1 - w) + ph.outline[1] * w
-        j0, j1 = g.yr(-b * 1.15, b * 1.15)
-        i0, i1 = g.xr(-a * 1.15, a * 1.15)
+        reach = 1.0 + float(np.abs(co).sum())        # the outline's largest radius
+        j0, j1 = g.yr(-b * reach, b * reach)
+        i0, i1 = g.xr(-a * reach, a * reach)
         if j0 >= j1 or i0 >= i1:
             return
         sl = (slice(j0, j1), slice(i0, i1))
