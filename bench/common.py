@@ -192,6 +192,14 @@ def quiet_profiler() -> None:
 
 # ----------------------------------------------------------------------------- files
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it): mkstemp creates files 0600, a
+    result file gets the permissions an ordinary open() would give it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
     path = Path(path)
@@ -200,6 +208,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -32,6 +32,10 @@ def shape_label(shape) -> str:
     return "×".join(str(s) for s in shape[1:])  # C×D×H×W (the batch is in the section text)
 
 
+def mb(v) -> str:
+    return f"{v:.1f}" if v >= 1 else f"{v:.3f}"
+
+
 def fmt(v, spec=".2f", none="-"):
     return none if v is None else format(v, spec)
 
@@ -71,7 +75,7 @@ def cpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
     body = []
     for r in rows:
         t, s = r["times_s"], r["speedup"]
-        cells = [shape_label(r["shape"]), r["calls"], f"{r['x_MB']:.1f}", f"{t['reference']['fwd'] * 1e3:.2f}"]
+        cells = [shape_label(r["shape"]), r["calls"], mb(r["x_MB"]), f"{t['reference']['fwd'] * 1e3:.2f}"]
         cells += [f"{t[p]['fwd'] * 1e3:.2f} ({s[p]['fwd']:.2f}x)" for p in fused]
         cells += [f"{t['reference']['fwdbwd'] * 1e3:.1f}"]
         cells += [f"{t[p]['fwdbwd'] * 1e3:.1f} ({s[p]['fwdbwd']:.2f}x)" for p in fused]
@@ -92,7 +96,7 @@ def cpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
     head += [f"{p} {m} GB/s (of memory copy)" for p in providers for m in ("fwd", "fwd+bwd")]
     body = []
     for r in rows:
-        cells = [shape_label(r["shape"]), f"{r['x_MB']:.1f}", f"{r['copy_same_size_GBps']:.1f}"]
+        cells = [shape_label(r["shape"]), mb(r["x_MB"]), f"{r['copy_same_size_GBps']:.1f}"]
         for p in providers:
             for m in ("fwd", "fwdbwd"):
                 frac = r["fraction_of_dram_copy"][p][m]
@@ -129,9 +133,11 @@ def plot_cpu_roofline(data, path):
     rows = data["results"]
     dram = data["dram_copy"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for p in data["providers"]:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, p in enumerate(data["providers"]):
         for m, marker in (("fwd", "o"), ("fwdbwd", "s")):
-            ax.plot([r["x_MB"] for r in rows], [r["bandwidth_GBps"][p][m] for r in rows], marker, label=f"{p} {MODES[m]}")
+            ax.plot([r["x_MB"] for r in rows], [r["bandwidth_GBps"][p][m] for r in rows], marker,
+                    color=colors[i % len(colors)], mfc="none" if m == "fwdbwd" else None, label=f"{p} {MODES[m]}")
     ax.axhline(dram["bytes_per_s"] / 1e9, color="black", ls="--", lw=1,
                label=f"memory copy {dram['bytes_per_s'] / 1e9:.1f} GB/s")
     llc_mb = dram["last_level_cache_bytes"] / 1e6

@@ -441,12 +441,21 @@ def case_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it): mkstemp creates files 0600, a
+    result file gets the permissions an ordinary open() would give it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

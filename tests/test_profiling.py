@@ -292,3 +292,31 @@ def test_per_case_failure_is_reported_and_passed_through(tmp_path):
     assert not result["cases"][0]["output_written"]
     with pytest.raises(FusionsegError, match="{input}"):
         profile_cases(["echo", "x"], cases, tmp_path / "out")
+
+
+def test_per_case_protocol_with_fusionseg_predict(tmp_path):
+    """The protocol around the real `fusionseg predict` (a tiny random-weight model, two synthetic
+    cases): one run per case, a mask per case, a full profile per case."""
+    pytest.importorskip("fusionseg_kernels.inference")
+    synth = pytest.importorskip("fusionseg_kernels.data.synth")
+    import torch
+
+    from fusionseg_kernels.inference import create_model_folder, released_plans
+    from fusionseg_kernels.models import DualBranchUNet
+
+    features, strides = (8, 16, 16, 32), ((1, 1, 1), (2, 2, 2), (2, 2, 2), (1, 2, 2))
+    torch.manual_seed(0)
+    net = DualBranchUNet(features_per_stage=features, strides=strides).eval()
+    model = create_model_folder(tmp_path / "model", net,
+                                released_plans(patch_size=(16, 32, 32), features_per_stage=features, strides=strides))
+    names = synth.write_dataset(tmp_path / "ds", n=2, size=(12, 40, 40), spacing=(5.0, 1.6, 1.6), seed=0)
+    out = tmp_path / "out"
+    result = profile_cases([PY, "-m", "fusionseg_kernels.cli", "predict", "-i", "{input}", "-o", "{output}",
+                            "-m", str(model), "--device", "cpu", "--backend", "cpu", "--threads", "1", "--quiet"],
+                           tmp_path / "ds" / "imagesTr", out, interval=0.05, source="rss")
+    assert [c["case"] for c in result["cases"]] == sorted(names)
+    for c in result["cases"]:
+        assert c["exit_status"] == 0 and c["output_written"]
+        assert c["image_size"] == [40, 40, 12]  # NIfTI order x, y, z
+        assert c["max_mem_mb"] > 100 and c["samples"] == len(c["curve"]) > 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.nii.gz" for n in names)
