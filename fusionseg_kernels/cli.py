@@ -12,18 +12,40 @@ import sys
 from typing import Callable
 
 
-def _run_complexity(args: argparse.Namespace) -> int:
-    from fusionseg_kernels.models import complexity
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
 
-    rows = complexity.report(args.networks, tuple(args.patch))
+
+def _run_complexity(args: argparse.Namespace) -> int:
+    import torch
+
+    from fusionseg_kernels.models import NETWORKS, complexity
+
+    networks = list(dict.fromkeys(args.networks))  # each network once, in the order given
+    patch = tuple(args.patch)
+    for name in networks:  # the networks' own input rule decides which patches are valid
+        with torch.device("meta"):
+            model = NETWORKS[name]()
+        try:
+            model.check_input(torch.empty(1, model.input_channels, *patch, device="meta"))
+        except ValueError as err:
+            args.parser.error(f"--patch {' '.join(map(str, patch))} does not fit the {name} network: {err}")
+    rows = complexity.report(networks, patch)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        d, h, w = args.patch
-        print(f"Parameters and multiply-accumulates per {d}×{h}×{w} patch (batch 1)\n")
+        label = "×".join(map(str, patch))
+        print(f"Parameters and multiply-accumulates per {label} patch (batch 1)\n")
         print(complexity.format_table(rows))
         print()
-        print(complexity.EXPLANATION)
+        print(complexity.explanation(patch))
     return 0
 
 
@@ -31,12 +53,14 @@ def add_complexity(subparsers) -> None:
     p = subparsers.add_parser(
         "complexity", help="parameters and MACs per patch by layer type (dual, single, plain)",
         description="Counts parameters and MACs with FlopCounterMode on fake/meta tensors (no compute), "
-                    "by layer type, beside the figures of SPEC §1 and the paper.")
+                    "by layer type; for the default 96×128×128 patch beside the figures measured on the "
+                    "original code and printed in the paper.")
     p.add_argument("--networks", nargs="+", choices=("dual", "single", "plain"),
                    default=["dual", "single", "plain"])
-    p.add_argument("--patch", nargs=3, type=int, metavar=("D", "H", "W"), default=[96, 128, 128])
+    p.add_argument("--patch", nargs=3, type=positive_int, metavar=("D", "H", "W"), default=[96, 128, 128],
+                   help="patch size in voxels (default 96 128 128)")
     p.add_argument("--json", action="store_true", help="print the raw counts as JSON")
-    p.set_defaults(func=_run_complexity)
+    p.set_defaults(func=_run_complexity, parser=p)
 
 
 SUBCOMMANDS: list[Callable] = [add_complexity]
@@ -216,57 +240,6 @@ def add_evaluate(subparsers) -> None:
 
 
 SUBCOMMANDS.append(add_evaluate)
-
-
-def _run_nnunet_env(args: argparse.Namespace) -> int:
-    from fusionseg_kernels.nnunet import env
-
-    for line in env.shell_lines(keep_existing=not args.only):
-        print(line)
-    return 0
-
-
-def add_nnunet_env(subparsers) -> None:
-    p = subparsers.add_parser(
-        "nnunet-env", help="shell lines that let nnU-Net find this package's trainers",
-        description="Prints `export nnUNet_extTrainer=...` (the folder of this package's nnU-Net trainers, "
-                    "followed by any folders already set); use as: eval \"$(fusionseg nnunet-env)\".")
-    p.add_argument("--only", action="store_true", help="do not keep folders already in nnUNet_extTrainer")
-    p.set_defaults(func=_run_nnunet_env)
-
-
-SUBCOMMANDS.append(add_nnunet_env)
-
-
-def _run_nnunet_plans(args: argparse.Namespace) -> int:
-    from fusionseg_kernels.nnunet import plans
-
-    path = plans.rewrite_plans(args.dataset, network=args.network, plans_name=args.plans_name,
-                               source_plans=args.source_plans, configuration=args.configuration,
-                               patch_size=args.patch, features=args.features, batch_size=args.batch_size)
-    print(f"wrote {path} (use: -p {args.plans_name})")
-    return 0
-
-
-def add_nnunet_plans(subparsers) -> None:
-    p = subparsers.add_parser(
-        "nnunet-plans", help="rewrite a dataset's nnU-Net plans so that 3d_fullres uses this package's network",
-        description="Copies <dataset>/<source>.json to <dataset>/<plans-name>.json (atomically) with the "
-                    "configuration's network set to fusionseg_kernels.models.<Network> and its arch_kwargs; "
-                    "the preprocessed data of the source plans is reused.")
-    p.add_argument("dataset", help="a preprocessed dataset folder, a plans .json file, or a dataset name or id "
-                                   "(looked up in $nnUNet_preprocessed)")
-    p.add_argument("--network", choices=("dual", "single", "plain"), default="dual")
-    p.add_argument("--plans-name", default="nnUNetPlans_fusionseg", help="the new plans identifier (-p of nnU-Net)")
-    p.add_argument("--source-plans", default="nnUNetPlans", help="the plans identifier to start from")
-    p.add_argument("--configuration", default="3d_fullres")
-    p.add_argument("--patch", nargs=3, type=int, metavar=("D", "H", "W"), help="new patch size")
-    p.add_argument("--features", nargs="+", type=int, metavar="F", help="features per stage (one per stage)")
-    p.add_argument("--batch-size", type=int)
-    p.set_defaults(func=_run_nnunet_plans)
-
-
-SUBCOMMANDS.append(add_nnunet_plans)
 
 
 def build_parser() -> argparse.ArgumentParser:

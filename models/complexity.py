@@ -9,8 +9,8 @@ arithmetic, in two independent ways whose totals must agree:
 - ``counter="reference"``: the network on the meta device with ``backend="reference"``, so each
   InceptionDWConv3d is four depthwise ``aten.convolution`` calls counted by torch's own formula.
 
-(The fused op cannot be reached from meta tensors through the module: backend "cpu" requires
-tensors whose device is "cpu", which fake CPU tensors are and meta tensors are not.)
+(Fake CPU tensors are used for the fused count so that the counted op is exactly the one a CPU
+run dispatches to; meta tensors reach the same fused op and give the same count.)
 Only convolutions carry MACs in this counter; InstanceNorm, LeakyReLU, additions and the
 trilinear resizes are not counted (nor were they in the figures measured on the original code).
 """
@@ -30,9 +30,9 @@ PATCH = (96, 128, 128)
 
 CATEGORIES = ("dense Conv3d", "InceptionDWConv3d", "ConvTranspose3d", "segmentation heads", "InstanceNorm affine")
 
-# SPEC §1. "measured on original": the released code measured with torch.utils.flop_counter
-# (MACs = FLOPs / 2) per 96×128×128 patch. "paper printed": the values the paper's tables print;
-# None where SPEC does not give one.
+# Published figures, per 96×128×128 patch (so shown for that patch only). "measured on original":
+# the released code measured with torch.utils.flop_counter (MACs = FLOPs / 2). "paper printed": the
+# values the paper's tables print; None where it prints none.
 PUBLISHED = {
     "dual": {"measured_params": 8_227_320, "measured_gmacs": 184.5,
              "paper_params_m": 8.23, "paper_gmacs": 186.75},
@@ -143,38 +143,50 @@ def measure(network: str | _UNet, patch=PATCH, counter: str = "fused") -> Comple
 
 
 def report(networks=("dual", "single", "plain"), patch=PATCH) -> list[dict]:
-    """For each network: the fused and reference counts (which must agree) and SPEC §1's figures."""
+    """For each network (each named once, in the order given): the fused and reference counts
+    (which must agree) and, for the default 96×128×128 patch, the published figures."""
     rows = []
-    for name in networks:
+    patch = tuple(int(p) for p in patch)
+    for name in dict.fromkeys(networks):
         fused = measure(name, patch, "fused")
         reference = measure(name, patch, "reference")
         if (fused.total_macs, fused.total_params) != (reference.total_macs, reference.total_params):
             raise RuntimeError(f"{name}: fused-op count {fused.total_macs} != reference count "
                                f"{reference.total_macs}: the FLOP formula of the fused op is wrong")
         rows.append({"network": name, "fused": fused.as_dict(), "reference": reference.as_dict(),
-                     "published": PUBLISHED.get(name)})
+                     "published": PUBLISHED.get(name) if patch == PATCH else None})
     return rows
 
 
-EXPLANATION = """\
-- All MACs are per 96×128×128 patch at batch 1, counting convolutions only (torch.utils.flop_counter;
+_GENERAL_NOTES = """\
+- All MACs are per {patch} patch at batch 1, counting convolutions only (torch.utils.flop_counter;
   MACs = FLOPs / 2). The fused op is counted through the FLOP formula registered for
   fusionseg.inception_dwconv3d_forward (4 depthwise convs: 2·N·voxels·gc·(27+11+11+11) FLOPs) and
   agrees exactly with the count of the reference backend's four aten.convolution calls.
-- Dual: the paper prints "186.75 G FLOPs"; it is a MAC count (184.48 G MACs = 368.97 GFLOP here, as
-  measured on the released code). The remaining 1.2 % (2.27 G) is not convolution work; the paper's
-  counting tool is not named, so which extra layers it counted is not known.
-- Plain nnU-Net: the paper's table prints 416.78 G; the network SPEC §3 describes (nnU-Net's plan for
-  this dataset) measures 358.2 G MACs both on the original code and here. The printed value does not
-  correspond to this configuration at a 96×128×128 patch; its source is not known.
 - Parameters include the segmentation heads of every decoder stage (4 for dual/single, 5 for plain),
   which exist for state-dict compatibility; only the last one runs (no deep supervision), so the other
   heads add parameters but no MACs.
 """
 
+# Only meaningful beside the default patch's published figures.
+_PUBLISHED_NOTES = """\
+- Dual: the paper prints "186.75 G FLOPs"; it is a MAC count (184.48 G MACs = 368.97 GFLOP here, as
+  measured on the released code). The remaining 1.2 % (2.27 G) is not convolution work; the paper's
+  counting tool is not named, so which extra layers it counted is not known.
+- Plain nnU-Net: the paper's table prints 416.78 G; nnU-Net's plan for this dataset
+  (docs/models.md) measures 358.2 G MACs both on the original code and here. The printed value does not
+  correspond to this configuration at a 96×128×128 patch; its source is not known."""
+
+
+def explanation(patch=PATCH) -> str:
+    """How the counts were made (and, for the default patch, how they relate to the published ones)."""
+    notes = _GENERAL_NOTES.format(patch="×".join(map(str, patch))).rstrip("\n")
+    return notes + ("\n" + _PUBLISHED_NOTES if tuple(patch) == PATCH else "") + "\n"
+
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown tables: breakdown per network, then totals beside SPEC §1's figures."""
+    """Markdown tables: breakdown per network, then totals beside the published figures
+    (shown only for the 96×128×128 patch they were measured on)."""
     lines = ["| network | layer type | parameters | GMACs / patch |", "|---|---|---:|---:|"]
     for row in rows:
         f = row["fused"]

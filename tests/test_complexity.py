@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import fusionseg_kernels
 from fusionseg_kernels import cli
 from fusionseg_kernels.models import complexity
 
@@ -86,3 +87,32 @@ def test_cli_runs_as_module():
 def test_cli_without_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "complexity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("patch, words", [
+    (["95", "128", "128"], "not divisible by the network's total stride"),
+    (["0", "0", "0"], "is not positive"),
+    (["-8", "16", "16"], "is not positive"),
+    (["8", "16", "16"], "too small"),
+    (["8", "x", "16"], "is not an integer"),
+])
+def test_cli_bad_patch_is_one_sentence_and_exit_2(patch, words):
+    proc = subprocess.run([sys.executable, "-m", "fusionseg_kernels.cli", "complexity", "--networks", "dual",
+                           "--patch", *patch], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and words in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("fusionseg complexity: error:")
+
+
+def test_cli_labels_follow_the_patch_and_networks_are_counted_once(capsys):
+    assert cli.main(["complexity", "--networks", "dual", "dual", "--patch", "16", "32", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "per 16×32×32 patch" in out and "96×128×128 patch at batch 1" not in out
+    assert out.count("| dual | **total** |") == 1
+    assert "184.5" not in out and "186.75" not in out  # the default patch's figures are not set beside it
+
+
+def test_cli_version():
+    proc = subprocess.run([sys.executable, "-m", "fusionseg_kernels.cli", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"fusionseg {fusionseg_kernels.__version__}"
