@@ -17,9 +17,11 @@ and prints the report's path last. Sections:
   flare       fusionseg synth + fusionseg profile --per-case -- fusionseg predict, on synthetic
               cases, once per backend (reference and the fused ones)
 
-Default on a CPU machine: about 5-10 minutes on 2 cores. --full: the full GPU sweep (all shapes
-with torch.compile, longer timing), the full static report and the paper's eight case sizes
-(512x512x{55,100,150,215,334,448,499,554}) in the FLARE profile (also --flare-sizes paper).
+Default: the CPU op benchmark at 0.5 s per measurement, the static report for the two largest
+calls in bf16, two small FLARE cases; on a GPU the quick kernel sweep. --full: full timing
+budgets, the full GPU sweep (all shapes with torch.compile), the full static report and the
+paper's eight case sizes (512x512x{55,100,150,215,334,448,499,554}) in the FLARE profile (also
+--flare-sizes paper).
 Results go to an untracked folder; committed reference results in bench/results/ are only
 written when a job is pointed there explicitly.
 
@@ -192,6 +194,8 @@ def section_op(r: Runner, args, device: str, py: str) -> dict | None:
         cmd = [py, str(HERE / "bench_cpu_op.py"), "--threads", str(args.threads), "--out", str(out)]
         if args.smoke:
             cmd += ["--smoke"]
+        elif not args.full:
+            cmd += ["--budget", "0.5"]
         r.run("op", cmd, env=KEEP_FREED_MEMORY)
         data = load(out)
         return {"kind": "cpu", "data": data} if data else None
@@ -217,8 +221,8 @@ def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
         return None
     out = r.out / "raw" / "gpu_static.json"
     cmd = [py, str(script), "--json", str(out), "--quiet"]
-    if not args.full:
-        cmd += ["--subset"]
+    if not args.full:  # the two largest calls in bf16 (the GPU training dtype); --full: every call and dtype
+        cmd += ["--subset", "--dtypes", "bf16"]
     r.run("gpu_static", cmd, timeout=None if args.full or not args.gpu_static_limit else args.gpu_static_limit)
     return load(out)
 
