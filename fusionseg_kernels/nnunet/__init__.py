@@ -7,9 +7,9 @@
 
 See docs/nnunet.md.
 """
-from .env import (NnUNetSetupError, backend_from_env, ext_trainer_dir, ext_trainer_value, shell_lines,
+from .env import (NnUNetSetupError, backend_from_env, ext_trainer_dir, ext_trainer_value, shell_lines, threads_from_env,
                   training_length_from_env)
 from .plans import PlansError, fusionseg_architecture, rewrite_plans
 
-__all__ = ["NnUNetSetupError", "PlansError", "backend_from_env", "ext_trainer_dir", "ext_trainer_value",
+__all__ = ["NnUNetSetupError", "PlansError", "backend_from_env", "ext_trainer_dir", "ext_trainer_value", "threads_from_env",
            "fusionseg_architecture", "rewrite_plans", "shell_lines", "training_length_from_env"]

@@ -13,6 +13,8 @@ Environment variables read by the trainers (when a network is built or a trainer
     FUSIONSEG_NUM_EPOCHS                number of epochs (default: the trainer's, 2000 for nnUNetTrainernew)
     FUSIONSEG_ITERATIONS_PER_EPOCH      training iterations per epoch (default 250)
     FUSIONSEG_VAL_ITERATIONS_PER_EPOCH  validation iterations per epoch (default 50)
+    FUSIONSEG_NUM_THREADS               torch CPU threads of the training process (nnUNetv2_train
+                                        -device cpu otherwise takes every core)
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ LENGTH_VARIABLES = {
     "num_iterations_per_epoch": "FUSIONSEG_ITERATIONS_PER_EPOCH",
     "num_val_iterations_per_epoch": "FUSIONSEG_VAL_ITERATIONS_PER_EPOCH",
 }
+THREADS_VARIABLE = "FUSIONSEG_NUM_THREADS"
 
 
 class NnUNetSetupError(FusionsegError, ValueError):
@@ -65,19 +68,30 @@ def backend_from_env() -> str:
     return value
 
 
+def _positive_int(var: str) -> int | None:
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise NnUNetSetupError(f"{var}={raw!r} must be a positive integer")
+    return value
+
+
+def threads_from_env() -> int | None:
+    """FUSIONSEG_NUM_THREADS as a positive integer, or None when unset."""
+    return _positive_int(THREADS_VARIABLE)
+
+
 def training_length_from_env() -> dict[str, int]:
     """The trainer attributes set by FUSIONSEG_NUM_EPOCHS, FUSIONSEG_ITERATIONS_PER_EPOCH and
     FUSIONSEG_VAL_ITERATIONS_PER_EPOCH (only those that are set), each a positive integer."""
     out = {}
     for attr, var in LENGTH_VARIABLES.items():
-        raw = os.environ.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise NnUNetSetupError(f"{var}={raw!r} must be a positive integer")
-        out[attr] = value
+        value = _positive_int(var)
+        if value is not None:
+            out[attr] = value
     return out

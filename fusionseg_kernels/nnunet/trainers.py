@@ -36,7 +36,7 @@ from torch._dynamo import OptimizedModule
 from fusionseg_kernels.models import DualBranchUNet, PlainConvUNet, SingleBranchUNet
 from fusionseg_kernels.models.networks import _UNet
 
-from .env import backend_from_env, training_length_from_env
+from .env import backend_from_env, threads_from_env, training_length_from_env
 from .plans import PlansError
 
 __all__ = ["nnUNetTrainernew", "nnUNetTrainernew_bf16", "nnUNetTrainerFusionsegSingle",
@@ -123,6 +123,9 @@ class _FusionsegTrainer(nnUNetTrainer):
         self.enable_deep_supervision = False
         for attr, value in training_length_from_env().items():
             setattr(self, attr, value)
+        threads = threads_from_env()
+        if threads is not None:
+            torch.set_num_threads(threads)
 
     def configure_optimizers(self):
         network = unwrap_network(self.network)
