@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .malloc import keep_freed_memory
@@ -11,6 +12,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Exit status: 0 when every case was segmented, 1 when any failed, 130 when interrupted.
     Errors that stop the whole run (model folder, output folder, device) raise `FusionsegError`."""
     allocator = keep_freed_memory(not args.no_keep_freed_memory)
+    # fewer, growable CUDA segments: less reserved-but-unused device memory (read at the first
+    # CUDA allocation, so setting it here is in time)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
     import torch
 

@@ -36,7 +36,7 @@ def threshold_network(hu: float = 150.0, mean: float = -43.0046, std: float = 26
     return _Threshold().eval()
 
 
-def make_demo(folder: str | Path, cases: int = 2, size=(24, 64, 64), spacing=(4.0, 2.5, 2.5),
+def make_demo(folder: str | Path, cases: int = 2, size=(16, 48, 48), spacing=(4.0, 2.5, 2.5),
               seed: int = 0) -> tuple[Path, Path]:
     """(model folder, image folder) under ``folder``."""
     import torch
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path)
     p.add_argument("--cases", type=int, default=2)
-    p.add_argument("--size", type=int, nargs=3, default=(24, 64, 64), metavar=("Z", "Y", "X"))
+    p.add_argument("--size", type=int, nargs=3, default=(16, 48, 48), metavar=("Z", "Y", "X"))
     args = p.parse_args(argv)
     model, images = make_demo(args.folder, args.cases, args.size)
     print(f"model folder: {model}\nimages:       {images}")

@@ -46,6 +46,7 @@ class PredictOptions:
     quiet: bool = False                # no progress bars
     precision: str = "fp16"            # fast mode on a GPU: autocast dtype ("fp16", "bf16", "fp32")
     compression_level: int | None = None  # gzip level of .nii.gz masks; None: 1 (fast), library default (exact)
+    threads: int | None = None         # torch CPU threads (None: leave torch's setting)
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Predictor:
             raise ValueError(f"step must be in (0, 1], got {o.step}")
         if o.mode == "exact":
             require_nnunetv2()
+        if o.threads is not None:
+            torch.set_num_threads(int(o.threads))
         self.device = resolve_device(o.device)
         self.bundle = (model_folder if isinstance(model_folder, ModelBundle)
                        else load_model_folder(model_folder, o.folds, backend=o.backend))
@@ -122,7 +125,9 @@ class Predictor:
         if o.mode == "fast":
             self.norm_scheme, self.norm_params = normalization_of(b.plans, b.configuration)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            # nnU-Net's predictor turns cuDNN's autotuner on; its trial workspaces stay in torch's
+            # cache and count in the device's used memory, so fast mode leaves it off
+            torch.backends.cudnn.benchmark = o.mode == "exact"
 
     # ------------------------------------------------------------------------------------------
     def memory_needed(self, header: io.ImageHeader) -> int:
