@@ -21,6 +21,7 @@ Results: FILE (JSON) and FILE with .md; by default bench/results/local/cpu_op_<U
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,8 @@ def provider_fn(name):
     if name == "reference":
         return fk.inception_dwconv3d_reference
     if name == "compile":
+        # inductor's C++ build looks for a CUDA runtime and warns on a CPU-only machine: noise here
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         torch._dynamo.reset()  # one compilation per shape (and mode, through autograd)
         return torch.compile(fk.inception_dwconv3d_reference, dynamic=False)
     return lambda x, *a: fk.inception_dwconv3d(x, *a, backend=name)
