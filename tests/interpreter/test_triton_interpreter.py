@@ -241,7 +241,8 @@ def test_partials_rows_unused_by_the_running_config_are_zeroed():
     gx = torch.empty_like(x)
     grid, bargs, kwargs, partials, _ = triton_impl._backward_launch_args(
         gy, x, gx, weights, [cfg, small])
-    assert partials.shape[1] == 2 * 3 * 3 * 2  # N * max tiles: the small config's 3 x 3 x 2
+    # (conv channels, taps + 1, N * max tiles): the small config's 3 x 3 x 2 tiles
+    assert partials.shape == (8, 28, 2 * 3 * 3 * 2)
     partials.fill_(float("nan"))
     triton_impl._idc_backward_kernel.fn[grid](*bargs, **kwargs, **cfg.all_kwargs())
     grid, wargs, wkw, grad_w, grad_b = triton_impl._weight_grad_launch_args(partials, weights)

@@ -1,4 +1,4 @@
-"""Triton backend of inception_dwconv3d: fused forward and backward kernels (SPEC §2, issue 3).
+"""Triton backend of inception_dwconv3d: fused forward and backward kernels.
 
 Op pair (``torch.library.triton_op``, so torch.compile sees the kernels):
     fusionseg::triton_inception_dwconv3d_forward(x, cube_weight, cube_bias, w_weight, w_bias,
@@ -10,23 +10,26 @@ dtype, like the C++ op pair).
 
 Kernels (design notes in docs/triton.md):
 - one launch per pass; program = (n, block of BLOCK_C channels of one group, tile of
-  BLOCK_D x BLOCK_H x BLOCK_W voxels). The channels decide the work: identity channels copy
-  their tile, conv channels run their group's taps (kernel sizes are constexprs; the (kd, kh)
-  taps are a loop, the kw taps along the contiguous axis are unrolled). No split, no cat, no
-  intermediate tensor.
+  BLOCK_D x BLOCK_H x BLOCK_W voxels). The channels decide the work: identity programs copy
+  their tile of several channel blocks, conv programs run their group's taps (kernel sizes are
+  constexprs; the strips' taps are unrolled, the cube's per kd, the kw taps always). No split,
+  no cat, no intermediate tensor.
 - backward: one pass on dy. dx = the conv with the flipped kernel (identity: dx = dy); in the same
-  pass each program writes fp32 partial sums of dW (one per tap) and db for its tile; a second
-  small kernel sums each channel's partials over tiles and batch in a fixed order and writes the
-  eight gradients. No float atomics, so results are deterministic.
+  pass each program keeps its tile's dW (one per tap) and db sums in registers, reduces them
+  once and writes one fp32 partial per tap; a second kernel, one program per (channel, tap),
+  sums a column of partials over tiles and batch in a fixed order and writes the gradient.
+  No float atomics, so results are deterministic.
 - weights and biases travel in one flat table (rounded to x's dtype, then float32), built with
   one cat: few host-side launches per call, which matters for the small deep layers.
 - any strides (contiguous, channels_last_3d, sliced views): the kernels take x's and y's strides,
-  and y is allocated like x (torch.empty_like), so no .contiguous() copy is made.
+  and y is allocated like x (torch.empty_like), so no .contiguous() copy is made. D, H, W and
+  the strides are specialized (divisibility by 16), which gives 16-byte loads and stores.
 - 64-bit offsets when the largest element offset could reach 2**31.
-- autotuned over a few tile shapes keyed on (C, D, H, W, dtype) (results cached per process, so
-  a network's 28 calls tune once per shape); with TRITON_INTERPRET=1 a single fixed config (the
-  interpreter cannot autotune). TRITON_INTERPRET and FUSIONSEG_TRITON_AUTOTUNE are read when
-  this module is imported: set them before importing fusionseg_kernels.
+- autotuned over the tile shapes of the call's width class, keyed on the sizes, W's stride and
+  the kernel sizes (results cached per process, so a network's 28 calls tune once per shape);
+  with TRITON_INTERPRET=1 a single fixed config (the interpreter cannot autotune).
+  TRITON_INTERPRET and FUSIONSEG_TRITON_AUTOTUNE are read when this module is imported: set
+  them before importing fusionseg_kernels.
 """
 from __future__ import annotations
 
@@ -49,24 +52,27 @@ _INT32_LIMIT = 2**31 - 1
 # Allocator of y and grad_x. Tests replace it by a NaN-filling one to catch unwritten elements.
 _empty_like = torch.empty_like
 
-# Tiles (BLOCK_C channels of one group) x (BLOCK_D, BLOCK_H, BLOCK_W) voxels, 2048 elements per
-# program, 4 warps. W is the contiguous axis, so each shape class has tiles whose BLOCK_W is the
-# volume's W (rounded up to a power of two, 8..128): no lane is masked off by a narrow W, rows
-# are 16-byte vectors when the layout allows it, and W stays inside one warp (the backward's
-# per-tap sums along W are warp shuffles, no shared memory). Two candidates per class for the
-# autotuner; _prune_configs keeps the class of the call's W. Channel blocks serve the deep
-# layers whose volumes are smaller than one tile.
+# Tiles (BLOCK_C channels of one group) x (BLOCK_D, BLOCK_H, BLOCK_W) voxels, 1024 elements per
+# program (8 per thread), 4 warps: with the taps unrolled a program holds ~125-145 registers,
+# so 3-4 programs fit an SM (2048-element tiles need ~230 and fit 2). W is the contiguous axis,
+# so each shape class has tiles whose BLOCK_W is the volume's W (rounded up to a power of two,
+# 8..128): no lane is masked off by a narrow W, rows are 16-byte vectors when the layout allows
+# it, and W stays inside one warp (the backward's per-tap sums along W are warp shuffles, no
+# shared memory). Two candidates per class for the autotuner; _prune_configs keeps the class of
+# the call's W. Channel blocks serve the deep layers whose volumes are smaller than one tile.
 _GPU_CONFIGS = [
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 8, "BLOCK_W": 128}, num_warps=4),
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 4, "BLOCK_W": 128}, num_warps=4),
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=4),
-    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
-    triton.Config({"BLOCK_C": 2, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
-    triton.Config({"BLOCK_C": 4, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
-    triton.Config({"BLOCK_C": 2, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4),
-    triton.Config({"BLOCK_C": 8, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 8}, num_warps=4),
-    triton.Config({"BLOCK_C": 4, "BLOCK_D": 8, "BLOCK_H": 8, "BLOCK_W": 8}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 1, "BLOCK_H": 8, "BLOCK_W": 128}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 4, "BLOCK_W": 128}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 8, "BLOCK_W": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 1, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 16, "BLOCK_W": 32}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 32}, num_warps=4),
+    triton.Config({"BLOCK_C": 2, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 16}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 16, "BLOCK_W": 16}, num_warps=4),
+    # W <= 8: a tile row is one vector, so every thread holds several rows and the backward's
+    # per-row tap sums with them; 512 elements keep that within the registers
+    triton.Config({"BLOCK_C": 2, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 8}, num_warps=4),
+    triton.Config({"BLOCK_C": 1, "BLOCK_D": 4, "BLOCK_H": 8, "BLOCK_W": 8}, num_warps=2),
 ]
 # Interpreter: one config with large blocks, so the small test shapes take few programs (each
 # Triton operation costs the interpreter about a millisecond, whatever the block size).
@@ -128,16 +134,18 @@ def _program_coords(pid, D, H, W, IDENT, GC, BLOCK_C: tl.constexpr, BLOCK_D: tl.
                     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, INT64: tl.constexpr):
     """Program pid -> its tile of (n, channel block, d, h, w).
 
-    Channel blocks never straddle groups: ceil(IDENT / BLOCK_C) identity blocks, then
-    ceil(GC / BLOCK_C) blocks per conv group. Programs of one (n, channel block) are adjacent, so
+    Channel blocks never straddle groups: ceil(IDENT / (_ID_BLOCKS * BLOCK_C)) identity blocks
+    (an identity program copies _ID_BLOCKS channel blocks: more bytes in flight for the same
+    registers), then ceil(GC / BLOCK_C) blocks per conv group. Programs of one (n, channel block) are adjacent, so
     neighbouring tiles (whose halos overlap) run close together in time and share L2.
-    Returns (tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w) where ch is the
-    channel index within the group (identity: within the identity part), shaped [BC, 1, 1, 1],
-    and offs_* are [1, BD, 1, 1], [1, 1, BH, 1], [1, 1, 1, BW]."""
+    Returns (tile, n_tiles, n, is_identity, g, first, ch, ch_ok, offs_d, offs_h, offs_w) where
+    first is the block's first channel and ch the conv channels within the group, shaped
+    [BC, 1, 1, 1] (identity programs use first), and offs_* are [1, BD, 1, 1], [1, 1, BH, 1],
+    [1, 1, 1, BW]."""
     tiles_w = tl.cdiv(W, BLOCK_W)
     tiles_h = tl.cdiv(H, BLOCK_H)
     n_tiles = tl.cdiv(D, BLOCK_D) * tiles_h * tiles_w
-    blocks_id = tl.cdiv(IDENT, BLOCK_C)
+    blocks_id = tl.cdiv(IDENT, _ID_BLOCKS * BLOCK_C)
     blocks_g = tl.cdiv(GC, BLOCK_C)
     blocks = blocks_id + 4 * blocks_g
     tile = pid % n_tiles
@@ -147,7 +155,7 @@ def _program_coords(pid, D, H, W, IDENT, GC, BLOCK_C: tl.constexpr, BLOCK_D: tl.
     is_identity = cb < blocks_id
     j = tl.where(is_identity, 0, cb - blocks_id)
     g = tl.where(is_identity, 0, j // tl.maximum(blocks_g, 1))
-    first = tl.where(is_identity, cb, j - g * blocks_g) * BLOCK_C
+    first = tl.where(is_identity, cb * _ID_BLOCKS, j - g * blocks_g) * BLOCK_C
     limit = tl.where(is_identity, IDENT, GC)
     ch = first + tl.arange(0, BLOCK_C)[:, None, None, None]
     ch_ok = ch < limit
@@ -159,11 +167,29 @@ def _program_coords(pid, D, H, W, IDENT, GC, BLOCK_C: tl.constexpr, BLOCK_D: tl.
     offs_w = tw * BLOCK_W + tl.arange(0, BLOCK_W)[None, None, None, :]
     if INT64:  # every offset computed from these is then 64-bit
         n = n.to(tl.int64)
+        first = first.to(tl.int64)
         ch = ch.to(tl.int64)
         offs_d = offs_d.to(tl.int64)
         offs_h = offs_h.to(tl.int64)
         offs_w = offs_w.to(tl.int64)
-    return tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w
+    return tile, n_tiles, n, is_identity, g, first, ch, ch_ok, offs_d, offs_h, offs_w
+
+
+# Channel blocks one identity program copies.
+_ID_BLOCKS_N = 4
+_ID_BLOCKS = tl.constexpr(_ID_BLOCKS_N)
+
+
+@triton.jit
+def _copy_identity(src_ptr, ssn, ssc, ssd, ssh, ssw, dst_ptr, sdn, sdc, sdd, sdh, sdw, n, first,
+                   IDENT, offs_d, offs_h, offs_w, D, H, W, ID_C: tl.constexpr):
+    """dst = src on channels first .. first + ID_C - 1 (< IDENT) of sample n, one tile: one load
+    of the whole block (every load issued before the first store)."""
+    chi = first + tl.arange(0, ID_C)[:, None, None, None]
+    m = (chi < IDENT) & (offs_d < D) & (offs_h < H) & (offs_w < W)
+    src = src_ptr + n * ssn + (chi * ssc + offs_d * ssd + offs_h * ssh + offs_w * ssw)
+    dst = dst_ptr + n * sdn + (chi * sdc + offs_d * sdd + offs_h * sdh + offs_w * sdw)
+    tl.store(dst, tl.load(src, mask=m), mask=m)
 
 
 @triton.jit
@@ -213,10 +239,11 @@ def _group_params(p_ptr, g, ch, ch_ok, GC, BOFF0, BOFF1, BOFF2, BOFF3,
     return w_rows, bias
 
 
-# Kernels with at most this many taps have every tap unrolled (all loads of a program can be in
-# flight together); larger ones (planes: 121 taps) keep the (kd, kh) taps as a loop, which
-# bounds their code size and compile time.
-_MAX_UNROLLED_TAPS = tl.constexpr(27)
+# Taps unrolled per loop iteration at most: the strips (11 taps) are unrolled entirely, so all
+# their loads can be in flight together; the cube loops over kd with its 9 (kh, kw) taps
+# unrolled; planes (121 taps) loop over (kd, kh). More unrolled loads than this hold more
+# registers than a program has (each tap's load is a whole tile) and spill.
+_MAX_UNROLLED_TAPS = tl.constexpr(11)
 
 
 @triton.jit
@@ -238,12 +265,11 @@ def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_
                BLOCK_W: tl.constexpr):
     """y = bias + sum over taps (kd, kh, kw) of w * x[d + kd - KD//2, h + kh - KH//2, w + kw - KW//2].
 
-    Every tap unrolled for kernels of up to _MAX_UNROLLED_TAPS taps (the shifts and the bounds
-    tests on the small per-axis index vectors are then constants); larger kernels loop over
-    (kd, kh) with the kw taps unrolled."""
+    Unrolled taps (see _MAX_UNROLLED_TAPS) have constant shifts and bounds tests (done on the
+    small per-axis index vectors); the kw taps along the contiguous axis are always unrolled."""
     acc_ty = w_rows.dtype.element_ty  # float32 (float64 for float64 inputs)
     acc = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty) + bias
-    if KD * KH * KW <= _MAX_UNROLLED_TAPS:
+    if KD * KH * KW <= _MAX_UNROLLED_TAPS:  # the strips: every tap unrolled
         for kd in tl.static_range(KD):
             m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
             for kh in tl.static_range(KH):
@@ -251,7 +277,15 @@ def _conv_tile(x_tile, sxd, sxh, sxw, y_tile, w_rows, bias, ch_ok, offs_d, offs_
                 p_dh = x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh)
                 acc = _fwd_tap_row(acc, p_dh, w_rows + (kd * KH + kh) * KW, ch_ok, m_dh, offs_w,
                                    W, sxw, KW)
-    else:
+    elif KH * KW <= _MAX_UNROLLED_TAPS:  # the cube: a loop over kd, the (kh, kw) taps unrolled
+        for kd in range(KD):
+            m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
+            for kh in tl.static_range(KH):
+                m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
+                p_dh = x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh)
+                acc = _fwd_tap_row(acc, p_dh, w_rows + (kd * KH + kh) * KW, ch_ok, m_dh, offs_w,
+                                   W, sxw, KW)
+    else:  # planes: a loop over (kd, kh), the kw taps unrolled
         for kd in range(KD):
             m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
             for kh in range(KH):
@@ -282,14 +316,15 @@ def _idc_forward_kernel(
     """Grid: N * channel blocks * n_tiles programs; each writes its tile of y for its channels:
     a copy for identity channels, its group's depthwise conv for the others."""
     pid = tl.program_id(0)
-    tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
+    tile, n_tiles, n, is_identity, g, first, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
         pid, D, H, W, IDENT, GC, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W, INT64)
     mask = ch_ok & (offs_d < D) & (offs_h < H) & (offs_w < W)
     c = tl.where(is_identity, ch, IDENT + g * GC + ch)  # channel in x
     x_tile = x_ptr + n * sxn + (c * sxc + offs_d * sxd + offs_h * sxh + offs_w * sxw)
     y_tile = y_ptr + n * syn + (c * syc + offs_d * syd + offs_h * syh + offs_w * syw)
     if is_identity:
-        tl.store(y_tile, tl.load(x_tile, mask=mask), mask=mask)
+        _copy_identity(x_ptr, sxn, sxc, sxd, sxh, sxw, y_ptr, syn, syc, syd, syh, syw, n, first,
+                       IDENT, offs_d, offs_h, offs_w, D, H, W, _ID_BLOCKS * BLOCK_C)
     else:
         w_rows, bias = _group_params(p_ptr, g, ch, ch_ok, GC, BOFF0, BOFF1, BOFF2, BOFF3,
                                      K0D * K0H * K0W, K1D * K1H * K1W, K2D * K2H * K2W,
@@ -345,8 +380,17 @@ def _conv_backward_tile(g_tile, sgd, sgh, sgw, x_tile, sxd, sxh, sxw, dx_tile, w
     dx = tl.zeros([BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W], dtype=acc_ty)
     slots = tl.arange(0, TAPS_P)[None, None, None, :]
     acc = tl.where(slots == T, tl.sum(g_c, axis=3, keep_dims=True), 0.0)  # db in slot T
-    if T <= _MAX_UNROLLED_TAPS:
+    if T <= _MAX_UNROLLED_TAPS:  # loops as in _conv_tile
         for kd in tl.static_range(KD):
+            m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
+            for kh in tl.static_range(KH):
+                m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
+                dx, acc = _bwd_tap_row(
+                    dx, acc, g_c, g_tile + ((kd - KD // 2) * sgd + (kh - KH // 2) * sgh),
+                    x_tile + ((kd - KD // 2) * sxd + (kh - KH // 2) * sxh), w_rows,
+                    (kd * KH + kh) * KW, slots, ch_ok, m_dh, offs_w, W, sgw, sxw, T, KW)
+    elif KH * KW <= _MAX_UNROLLED_TAPS:
+        for kd in range(KD):
             m_d = mask & _axis_ok(offs_d, D, kd - KD // 2)
             for kh in tl.static_range(KH):
                 m_dh = m_d & _axis_ok(offs_h, H, kh - KH // 2)
@@ -391,14 +435,15 @@ def _idc_backward_kernel(
     max_tiles its config leaves unused, so the buffer is fully defined whatever config ran
     (the autotuner runs several on the same buffer)."""
     pid = tl.program_id(0)
-    tile, n_tiles, n, is_identity, g, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
+    tile, n_tiles, n, is_identity, g, first, ch, ch_ok, offs_d, offs_h, offs_w = _program_coords(
         pid, D, H, W, IDENT, GC, BLOCK_C, BLOCK_D, BLOCK_H, BLOCK_W, INT64)
     mask = ch_ok & (offs_d < D) & (offs_h < H) & (offs_w < W)
     c = tl.where(is_identity, ch, IDENT + g * GC + ch)
     g_tile = g_ptr + n * sgn + (c * sgc + offs_d * sgd + offs_h * sgh + offs_w * sgw)
     dx_tile = dx_ptr + n * sdn + (c * sdc + offs_d * sdd + offs_h * sdh + offs_w * sdw)
     if is_identity:
-        tl.store(dx_tile, tl.load(g_tile, mask=mask), mask=mask)
+        _copy_identity(g_ptr, sgn, sgc, sgd, sgh, sgw, dx_ptr, sdn, sdc, sdd, sdh, sdw, n, first,
+                       IDENT, offs_d, offs_h, offs_w, D, H, W, _ID_BLOCKS * BLOCK_C)
     else:
         cc = tl.reshape(g * GC + ch, [BLOCK_C])  # conv channel
         rows_total = N * max_tiles
@@ -530,7 +575,7 @@ def _n_tiles(D, H, W, meta):
 
 def _grid_size(N, C, gc, D, H, W, meta):
     bc = meta["BLOCK_C"]
-    blocks = triton.cdiv(C - 4 * gc, bc) + 4 * triton.cdiv(gc, bc)
+    blocks = triton.cdiv(C - 4 * gc, _ID_BLOCKS_N * bc) + 4 * triton.cdiv(gc, bc)
     return N * blocks * _n_tiles(D, H, W, meta)
 
 
