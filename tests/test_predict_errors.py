@@ -123,7 +123,8 @@ def test_checkpoint_errors(tmp_path, capsys):
     corrupt = make_model_folder(tmp_path / "corrupt")
     (corrupt / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint" * 10)
     rc, lines = run(capsys, "-i", img, "-o", tmp_path / "o2", "-m", corrupt)
-    assert rc == 1 and len(lines) == 1 and "not a readable nnU-Net checkpoint" in lines[0]
+    assert rc == 1 and len(lines) == 1 and "corrupt/fold_0/checkpoint_final.pth" in lines[0]
+    assert "checkpoint" in lines[0].split("checkpoint_final.pth", 1)[1]
     assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
 
 
