@@ -13,7 +13,7 @@ import torch
 from test_nnunet_plans import DATASET_JSON, PLANS, write_dataset_folder
 
 from fusionseg_kernels.errors import FusionsegError
-from fusionseg_kernels.models import DualBranchUNet, PlainConvUNet, SingleBranchUNet
+from fusionseg_kernels.models import DualBranchUNet, PlainConvUNet, ReleasedStateDictError, SingleBranchUNet
 from fusionseg_kernels.nnunet import ext_trainer_dir, rewrite_plans
 from fusionseg_kernels.nnunet import trainers as fst
 
@@ -135,7 +135,7 @@ def test_load_state_dict_accepts_released_and_clean_forms():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
     bad = dict(a.released_state_dict())
     del bad["decoder.seg_layers.3.bias"]
-    with pytest.raises(RuntimeError, match="decoder.seg_layers.3.bias"):
+    with pytest.raises(ReleasedStateDictError, match="decoder.seg_layers.3.bias"):
         c.load_state_dict(bad)
     with pytest.raises(RuntimeError, match="Missing key"):
         c.load_state_dict({k: v for k, v in a.state_dict().items() if k != "decoder.seg_layers.3.bias"})
