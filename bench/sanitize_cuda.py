@@ -30,7 +30,7 @@ STRIP = ((3, 3, 3), (1, 1, 11), (1, 11, 1), (11, 1, 1))
 PLANE = ((3, 3, 3), (1, 11, 11), (11, 1, 11), (11, 11, 1))
 ODD = ((5, 5, 5), (1, 1, 7), (1, 7, 1), (7, 1, 1))
 
-# Relative L2 error allowed against float64 (SPEC §7: float32 1e-5; low precision: a few ulps
+# Relative L2 error allowed against float64 (float32 1e-5; low precision: a few ulps
 # of the storage type, well above what a correct kernel shows and far below a wrong one).
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
 

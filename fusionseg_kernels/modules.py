@@ -80,7 +80,7 @@ class InceptionDWConv3d(nn.Module):
         k, b = cube_kernel_size, band_kernel_size
         if band_shape == "strip":
             w_kernel, h_kernel, d_kernel = (1, 1, b), (1, b, 1), (b, 1, 1)
-        else:  # the paper's text, mapped in its order (SPEC §2)
+        else:  # the paper's text, mapped in its order (docs/op.md)
             w_kernel, h_kernel, d_kernel = (1, b, b), (b, 1, b), (b, b, 1)
         self.dwconv_hwd = DepthwiseConv3dParams(self.gc, (k, k, k), bias)
         self.dwconv_wd = DepthwiseConv3dParams(self.gc, w_kernel, bias)

@@ -38,7 +38,7 @@ CHECKPOINT_SAFE_GLOBALS: list = [
     torch.device,
 ]
 """What ``torch.load(weights_only=True)`` may construct besides tensors and Python containers:
-numpy arrays and scalars of numeric dtypes, numpy dtypes, and torch.device (SPEC §3)."""
+numpy arrays and scalars of numeric dtypes, numpy dtypes, and torch.device (what nnU-Net writes)."""
 
 
 def _refused_global(message: str) -> str | None:

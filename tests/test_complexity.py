@@ -1,4 +1,4 @@
-"""Parameter and MAC counts per 96×128×128 patch (SPEC §1), and the `fusionseg complexity` command."""
+"""Parameter and MAC counts per 96×128×128 patch (published figures), and the `fusionseg complexity` command."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import fusionseg_kernels
 from fusionseg_kernels import cli
 from fusionseg_kernels.models import complexity
 
-# SPEC §1: measured on the original code (torch.utils.flop_counter, MACs = FLOPs / 2)
+# measured on the original code (torch.utils.flop_counter, MACs = FLOPs / 2)
 EXPECTED = {"dual": (8_227_320, 184.5, 28), "single": (8_757_032, 192.2, 9), "plain": (30_785_994, 358.2, 0)}
 
 
@@ -32,7 +32,7 @@ def test_counts_match_original(rows, network):
 
 
 def test_dual_total_flops_exact(rows):
-    # SPEC §1: 368.97 GFLOP with torch.utils.flop_counter
+    # the original code: 368.97 GFLOP with torch.utils.flop_counter
     assert round(2 * rows["dual"]["fused"]["total_macs"] / 1e9, 2) == 368.97
 
 
@@ -45,7 +45,7 @@ def test_fused_counter_counts_the_fused_op(rows):
     idc_macs = rows["dual"]["fused"]["macs"]["InceptionDWConv3d"]
     assert fused_ops["fusionseg.inception_dwconv3d_forward"] == idc_macs > 0
     assert ref_ops["aten.convolution"] - fused_ops["aten.convolution"] == idc_macs
-    # 60 multiply-adds per conv-group voxel (SPEC §2), 28 calls (fixtures/idc_layer_shapes.json)
+    # 60 multiply-adds per conv-group voxel (docs/op.md), 28 calls (tests/data/idc_layer_shapes.json)
     from conftest import DATA_DIR
 
     calls = json.loads((DATA_DIR / "idc_layer_shapes.json").read_text())["dual_branch"]

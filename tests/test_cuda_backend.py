@@ -49,7 +49,7 @@ def cuda_op(x, *args):
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """SPEC §7: float32 conformance checks run cuDNN without TF32 (the reference side)."""
+    """float32 conformance checks run cuDNN without TF32 (the reference side)."""
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     yield

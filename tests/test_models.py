@@ -1,4 +1,4 @@
-"""The networks of SPEC §3: structure, parameter counts, released state-dict form, conformance with
+"""The networks of docs/models.md: structure, parameter counts, released state-dict form, conformance with
 the original implementation's logits, backends, input checks, plans."""
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_conformance_tiny_float64(fixture, tiny):
     model.load_released_state_dict(fixture["state_dict"])
     with torch.no_grad():
         logits = model(fixture["input"].double())
-    assert rel_l2(logits, fixture["expected_logits_float64"]) < 1e-6  # SPEC §7: another op order
+    assert rel_l2(logits, fixture["expected_logits_float64"]) < 1e-6  # float64 in another op order
 
 
 def test_training_gradients_cpu_backend_match_reference():
