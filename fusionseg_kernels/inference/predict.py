@@ -160,18 +160,24 @@ class Predictor:
             io.check_fits_in_memory(header, self.memory_needed(header))
             io.check_complete(header)
             image, voxels = io.read_image(header)
+            geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
         result.shape_zyx = list(header.shape_zyx)
         result.spacing_zyx = list(header.spacing_zyx)
         try:
             if self.options.mode == "exact":
                 mask = self._exact(image, voxels, header, result, clock, on_tile)
             else:
-                mask = self._fast(voxels, header, result, clock, on_tile)
+                # fast mode lets go of the voxels once they are preprocessed: the holder is emptied
+                holder = {"voxels": voxels, "image": image}
+                del image, voxels
+                mask = self._fast(holder, header, result, clock, on_tile)
+            if tuple(mask.shape) != tuple(header.shape_zyx):
+                raise RuntimeError(f"mask shape {mask.shape} differs from the image's {header.shape_zyx}")
             with clock("write"):
                 level = self.options.compression_level
                 if level is None:
                     level = 1 if self.options.mode == "fast" else -1
-                io.write_mask(mask, image, dst, compression_level=level)
+                io.write_mask(mask, None, dst, geometry=geometry, compression_level=level)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -248,10 +254,10 @@ class Predictor:
                                     self.mirror_axes, self.device, False, tick)
 
     # ------------------------------------------------------------------------------------------
-    def _fast(self, voxels, header, result, clock, on_tile) -> np.ndarray:
+    def _fast(self, holder, header, result, clock, on_tile) -> np.ndarray:
         b, o = self.bundle, self.options
         tf, tb = b.transpose_forward, b.transpose_backward
-        image_t = voxels.transpose(tf)
+        image_t = holder["voxels"].transpose(tf)
         spacing_t = [header.spacing_zyx[i] for i in tf]
         on_gpu = self.device.type == "cuda"
         with clock("preprocess"):
@@ -264,6 +270,8 @@ class Predictor:
                 torch.cuda.empty_cache()
                 volume = fast_preprocess(image_t, spacing_t, b.target_spacing, self.norm_scheme, self.norm_params,
                                          torch.device("cpu"), torch.float32)
+            del image_t
+            holder.clear()   # the full-resolution voxels are not needed any more
         result.network_shape = list(volume.shape)
         padded = [s + p0 + p1 for s, (p0, p1) in zip(volume.shape, pad_amounts(volume.shape, b.patch_size))]
         n_tiles = len(tile_slices(padded, b.patch_size, o.step))

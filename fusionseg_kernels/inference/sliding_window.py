@@ -8,7 +8,7 @@ Tile positions and the Gaussian importance map follow nnU-Net v2 (``compute_step
   by it in the network's dtype, then ``logits / weights``; mirroring averages the flipped
   predictions before weighting.
 - `predict_labels_fast`: the Gaussian-weighted sum of logits only (dividing by the summed weights
-  does not change the argmax), accumulated in float16 on a GPU (float32 on the CPU), then the
+  does not change the argmax; with two classes only the difference of the two), accumulated in float16 on a GPU (float32 on the CPU), then the
   argmax at network resolution. On a GPU out-of-memory error the accumulators move to the CPU and
   the volume is predicted again.
 """
@@ -165,7 +165,9 @@ def predict_labels_fast(networks_weights, network, volume: torch.Tensor, patch: 
     slices = tile_slices(padded_shape, patch, step)
     acc_device = device if accumulate_on_device else torch.device("cpu")
     acc_dtype = torch.float16 if acc_device.type == "cuda" else torch.float32
-    acc = torch.zeros((num_classes, *padded_shape), dtype=acc_dtype, device=acc_device)
+    # two classes: only the difference of the two logits is summed (its sign is the argmax)
+    binary = num_classes == 2
+    acc = torch.zeros((1 if binary else num_classes, *padded_shape), dtype=acc_dtype, device=acc_device)
     gaussian = gaussian_importance(patch, device=device, dtype=torch.float32)
     weight_sets = list(networks_weights) if networks_weights else [None]
     for state in weight_sets:
@@ -175,7 +177,10 @@ def predict_labels_fast(networks_weights, network, volume: torch.Tensor, patch: 
             tile = volume[sl][None, None].to(device=device, dtype=torch.float32, non_blocking=True)
             with _autocast(device, amp_dtype):
                 logits = forward_with_mirroring(network, tile, mirror_axes)[0]
-            weighted = logits.float().mul_(gaussian)
+            logits = logits.float()
+            if binary:
+                logits = logits[1:2] - logits[0:1]
+            weighted = logits.mul_(gaussian)
             acc[(slice(None), *sl)] += weighted.to(device=acc_device, dtype=acc_dtype)
             del tile, logits, weighted
             if on_tile is not None:
@@ -186,8 +191,8 @@ def predict_labels_fast(networks_weights, network, volume: torch.Tensor, patch: 
     rows = max(1, (1 << 22) // max(acc.shape[2] * acc.shape[3], 1))
     for z0 in range(0, acc.shape[1], rows):
         block = acc[:, z0:z0 + rows]
-        if num_classes == 2:
-            labels[z0:z0 + rows] = (block[1] > block[0]).to(torch.uint8)
+        if binary:
+            labels[z0:z0 + rows] = (block[0] > 0).to(torch.uint8)
         else:
             labels[z0:z0 + rows] = block.argmax(0).to(torch.uint8)
     del acc
@@ -203,18 +208,19 @@ def nearest_indices(n_in: int, n_out: int, device=None) -> torch.Tensor:
 
 def upsample_labels(labels: torch.Tensor, out_shape: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
     """Nearest-neighbour resize of a (d, h, w) label map to ``out_shape``, written slab by slab into a
-    uint8 numpy array (the full-resolution map is never on the device as a whole)."""
+    uint8 numpy array (the full-resolution map is never on the device as a whole). Source indices
+    are torch's "nearest-exact" (pixel centres aligned): slices are picked by `nearest_indices`,
+    each slab is resized in-plane by ``F.interpolate``."""
     d, h, w = labels.shape
     od, oh, ow = (int(s) for s in out_shape)
-    dev = labels.device
-    iz, iy, ix = nearest_indices(d, od, dev), nearest_indices(h, oh, dev), nearest_indices(w, ow, dev)
+    iz = nearest_indices(d, od, labels.device)
     if out is None:
         out = np.empty((od, oh, ow), dtype=np.uint8)
     rows = max(1, (1 << 25) // max(oh * ow, 1))
     for z0 in range(0, od, rows):
         slab = labels.index_select(0, iz[z0:z0 + rows])
         if (oh, ow) != (h, w):
-            slab = slab.index_select(1, iy).index_select(2, ix)
+            slab = F.interpolate(slab[None], size=(oh, ow), mode="nearest-exact")[0]
         out[z0:z0 + slab.shape[0]] = slab.cpu().numpy()
         del slab
     return out
