@@ -90,6 +90,27 @@ def test_flop_formula_on_meta_device_and_backward():
     assert counter.get_total_flops() == 2 * forward
 
 
+@pytest.mark.parametrize("gc", [1, 2, 4])
+def test_backward_flops_against_torchs_count_of_the_reference(gc):
+    """The fused backward counts grad input + grad weight = 2x the forward. Torch counts a grouped
+    convolution's weight gradient as a dense one (gc times too much), so the reference shows
+    (1 + gc)x: the two agree exactly where torch's formula is right (gc = 1)."""
+    C = 8 * gc
+    counts = {}
+    for backend in ("reference", "cpu"):
+        x = make_input((1, C, 5, 6, 7), dtype=torch.float32, requires_grad=True)
+        args = make_op_args(C, gc, dtype=torch.float32, requires_grad=True)
+        with FlopCounterMode(display=False) as counter:
+            y = fk.inception_dwconv3d(x, *args, backend=backend)
+            forward = counter.get_total_flops()
+            y.sum().backward()
+        counts[backend] = (forward, counter.get_total_flops() - forward)
+    (ref_fwd, ref_bwd), (fused_fwd, fused_bwd) = counts["reference"], counts["cpu"]
+    assert ref_fwd == fused_fwd
+    assert fused_bwd == 2 * fused_fwd
+    assert ref_bwd == (1 + gc) * ref_fwd
+
+
 def test_autocast_cpu_runs_in_autocast_dtype():
     x = make_input((1, 16, 4, 5, 6), dtype=torch.float32)
     args = make_op_args(16, 2, dtype=torch.float32)
