@@ -123,3 +123,29 @@ def test_benchmark_suite_is_separate_from_tests():
     assert any("test_op[" in i and "fwdbwd" in i for i in ids)
     assert any("test_network_step[" in i for i in ids)
     assert all(i.startswith("bench/benchmarks/") for i in ids)
+
+
+PROFILE_SNIPPET = """
+import sys
+sys.path.insert(0, {bench!r})
+import common
+if {quiet}:
+    common.quiet_profiler()
+import torch
+from torch.profiler import ProfilerActivity, profile
+x = torch.randn(64, 64)
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    x @ x
+print("events", len(prof.events()))
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_profiler_noise_is_silenced(quiet):
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", PROFILE_SNIPPET.format(bench=str(BENCH), quiet=quiet)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("events ")
+    noisy = "profiler_start" in proc.stderr or "gpuGetDeviceCount" in proc.stderr
+    assert noisy is (not quiet), proc.stderr[-2000:]  # the unsilenced run shows what is silenced
