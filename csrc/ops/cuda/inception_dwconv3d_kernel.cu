@@ -543,29 +543,40 @@ __global__ void __launch_bounds__(kThreads)
 
 // Second stage: for each convolution channel (one block), sums its per-tile partials over
 // all samples and tiles in a fixed order (in double), one warp per gradient entry.
+// Second stage of the weight gradients: block (cc, q) sums tap q (q == kvol: the bias) of
+// conv channel cc over every sample and tile, in double, in a fixed order (threads stride the
+// partials, then warp shuffles, then the warps in order): deterministic. One block per
+// (channel, tap) spreads the stage over the GPU (4 * gc * max_nq blocks; blocks past a
+// group's kvol + 1 exit at once).
 template <typename Acc>
 __global__ void __launch_bounds__(kThreads)
     idc_weight_grad_reduce_kernel(const Acc* __restrict__ partials,
                                   const __grid_constant__ IdcGradOut<Acc> out,
-                                  const __grid_constant__ IdcLaunch L) {
-  const int64_t cc = blockIdx.x;
+                                  const __grid_constant__ IdcLaunch L, int max_nq) {
+  const int64_t cc = blockIdx.x / max_nq;
+  const int q = static_cast<int>(blockIdx.x - cc * max_nq);
   const int g = static_cast<int>(cc / L.gc);
   const int64_t j = cc - g * L.gc;
   const GroupTile& G = L.g[g];
   const int nq = G.kvol + 1;
+  if (q >= nq) return;  // the whole block: q is uniform
   const int64_t slots = L.N * G.tiles;
   const Acc* __restrict__ p = partials + G.part_off + j * slots * nq;
+  double s = 0;
+  for (int64_t k = threadIdx.x; k < slots; k += kThreads) s += static_cast<double>(p[k * nq + q]);
+  __shared__ double red[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int q = warp; q < nq; q += kWarps) {
-    double s = 0;
-    for (int64_t k = lane; k < slots; k += 32) s += static_cast<double>(p[k * nq + q]);
-    s = warp_sum(s);
-    if (lane == 0) {
-      if (q < G.kvol)
-        out.w[g][j * G.kvol + q] = static_cast<Acc>(s);
-      else
-        out.b[g][j] = static_cast<Acc>(s);
-    }
+  s = warp_sum(s);
+  if (lane == 0) red[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) t += red[w];
+    if (q < G.kvol)
+      out.w[g][j * G.kvol + q] = static_cast<Acc>(t);
+    else
+      out.b[g][j] = static_cast<Acc>(t);
   }
 }
 
@@ -794,9 +805,11 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
                      partials.mutable_data_ptr<Acc>(), L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  int max_nq = 1;
+  for (int g = 0; g < kNumConvGroups; ++g) max_nq = std::max(max_nq, L.g[g].kvol + 1);
   auto reduce_kernel = idc_weight_grad_reduce_kernel<Acc>;
-  FUSIONSEG_LAUNCH(reduce_kernel, static_cast<unsigned>(kNumConvGroups * cfg.gc), 0, stream,
-                   partials.const_data_ptr<Acc>(), out, L);
+  FUSIONSEG_LAUNCH(reduce_kernel, static_cast<unsigned>(kNumConvGroups * cfg.gc * max_nq), 0,
+                   stream, partials.const_data_ptr<Acc>(), out, L, max_nq);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -807,8 +820,13 @@ void poison(at::Tensor& t) {
 
 // Returns the result laid out like `like` (empty_like's rule), from the contiguous result.
 at::Tensor match_layout(const at::Tensor& contiguous_result, const at::Tensor& like) {
-  if (contiguous_result.strides() == at::empty_like(like, at::MemoryFormat::Preserve).strides())
-    return contiguous_result;
+  // empty_like(like) keeps like's strides when like is dense and non-overlapping, else it is
+  // laid out in like's suggested memory format: decided without allocating anything
+  const bool preserve_is_contiguous =
+      like.is_non_overlapping_and_dense()
+          ? like.is_contiguous()
+          : like.suggest_memory_format() == at::MemoryFormat::Contiguous;
+  if (preserve_is_contiguous) return contiguous_result;
   at::Tensor out = at::empty_like(like);
   out.copy_(contiguous_result);
   return out;
