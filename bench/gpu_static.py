@@ -272,6 +272,7 @@ def cuda_library():
 
 def cuda_kernels(arch, lib, log):
     """[{kernel, dtype, ...}] of the library's cubin for arch (None without CUDA kernels)."""
+    lib = Path(lib).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             listing = _run([str(TRITON_BIN / "cuobjdump"), "-lelf", str(lib)])
@@ -292,12 +293,14 @@ def cuda_kernels(arch, lib, log):
                                          "idc_dx_kernel") if k in fn), None)
                 if kind is None:
                     kind = re.sub(r"^.*?(idc_\w+?kernel).*$", r"\1", demangled) if "idc_" in demangled else demangled[:60]
-                dtype = ("bf16" if "BFloat16" in fn else "fp16" if "Half" in fn else
-                         "fp64" if re.search(r"IddE|Id[A-Z]", fn) and "Iff" not in fn else "fp32")
-                if "reduce_kernel" in fn:
-                    dtype = "fp64" if "IdEE" in fn else "fp32"
+                rest = fn[fn.index(kind) + len(kind):] if kind in fn else ""
+                dtype = ("fp16" if rest.startswith("IN3c104Half") else
+                         "bf16" if rest.startswith("IN3c108BFloat16") else
+                         "fp64" if rest.startswith("Id") else "fp32")
+                spec = ("strips" if "ConvSpecILi3ELi3ELi3E" in fn else
+                        "generic" if "ConvSpec" in fn else "-")
                 stats = sass_stats(sass.get(fn, ""))
-                out.append(dict(kernel=kind, symbol=fn, dtype=dtype, **r, **stats))
+                out.append(dict(kernel=kind, symbol=fn, dtype=dtype, spec=spec, **r, **stats))
         log(f"cuda {arch}: {len(out)} kernels in {lib.name}")
         return out
 
@@ -489,7 +492,8 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
     cv_blocks = [N * gc * t["tiles"] for t in tiles]
 
     def kern(kind):
-        ks = [k for k in kernels if k["kernel"] == kind and k["dtype"] == dtype_name]
+        ks = [k for k in kernels if k["kernel"] == kind and k["dtype"] == dtype_name
+              and k["spec"] in ("strips", "-")]
         return max(ks, key=lambda k: k["registers"]) if ks else None
 
     passes = [("forward", kern("idc_conv_kernel"))]
@@ -541,12 +545,21 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
     roof_total = (2 if direction == "forward" else 4.5) * x_bytes
     res = dict(passes=out)
     if direction != "forward":
-        # idc_weight_grad_reduce_kernel: one block per conv channel, one warp per tap, each
-        # warp summing a tap's N * tiles partials 32 at a time (dependent L2 round trips)
-        iters = max(math.ceil(N * t["tiles"] / 32) * math.ceil((math.prod(k) + 1) / 8)
-                    for t, k in zip(tiles, STRIP_KERNELS))
-        wt = MODEL["launch_s"] + iters * MODEL["l2_latency_s"] * math.ceil(4 * gc / a["sms"])
-        res["weight_grad"] = dict(grid=4 * gc, programs_per_sm=4 * gc / a["sms"],
+        # idc_weight_grad_reduce_kernel. One block per (conv channel, tap) (its block-wide
+        # sum shows as a BAR.SYNC): each of 256 threads sums N * tiles / 256 partials. Else
+        # (no barrier: the older form) one block per conv channel, one warp per tap, each warp
+        # summing a tap's partials 32 at a time. Dependent L2 round trips either way.
+        red = [k for k in kernels if k["kernel"] == "idc_weight_grad_reduce_kernel"]
+        per_tap_blocks = bool(red) and red[0]["bar_sync"] > 0
+        if per_tap_blocks:
+            grid = 4 * gc * max(math.prod(k) + 1 for k in STRIP_KERNELS)
+            iters = max(math.ceil(N * t["tiles"] / CUDA_THREADS) for t in tiles)
+        else:
+            grid = 4 * gc
+            iters = max(math.ceil(N * t["tiles"] / 32) * math.ceil((math.prod(k) + 1) / 8)
+                        for t, k in zip(tiles, STRIP_KERNELS))
+        wt = MODEL["launch_s"] + iters * MODEL["l2_latency_s"] * math.ceil(grid / (a["sms"] * 8))
+        res["weight_grad"] = dict(grid=grid, programs_per_sm=grid / a["sms"],
                                   iterations_per_program=iters, time_s=wt,
                                   share_of_backward=wt / (out["backward"]["predicted_time_s"] + wt))
         total_t += wt
@@ -590,7 +603,7 @@ def build_report(archs, dtypes, subset, log=print, cuda_lib=None):
                     for k in cuda:
                         if k["dtype"] == dt:
                             w = 8
-                            _add_kernel(report, seen, "cuda", k["kernel"], arch, dt, {"symbol": k["symbol"][:120]},
+                            _add_kernel(report, seen, "cuda", k["kernel"], arch, dt, {"spec": k["spec"]},
                                         dict(k, num_warps=w, shared_bytes=k["static_shared"]))
     finally:
         CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -639,7 +652,8 @@ def print_summary(report):
     for k in report["kernels"]:
         b = k["global_access_bits"]
         cfg = k["config"]
-        cfg_s = "x".join(str(cfg[n]) for n in ("BLOCK_C", "BLOCK_D", "BLOCK_H", "BLOCK_W")) if "BLOCK_W" in cfg else ""
+        cfg_s = ("x".join(str(cfg[n]) for n in ("BLOCK_C", "BLOCK_D", "BLOCK_H", "BLOCK_W")) if "BLOCK_W" in cfg
+                 else cfg.get("spec", ""))
         print(f"{k['backend']:7} {k['kernel'][:32]:32} {k['arch']:5} {k['dtype']:5} {k['registers']:>4} "
               f"{k['spill_bytes']:>5} {k['stack_bytes']:>5} {k['shared_bytes']:>6} {k['occupancy']:>5.2f} "
               f"{b['16']:>5}/{b['32']:>4}/{b['64']:>4}/{b['128']:>4}   {k['shfl']:>4} {k['bar_sync']:>4} {cfg_s}")
