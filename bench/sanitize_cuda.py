@@ -5,11 +5,10 @@
     compute-sanitizer --tool racecheck python3 bench/sanitize_cuda.py
     python3 bench/sanitize_cuda.py --device cpu     # dry run: the same cases on the CPU backend
 
-The cases cover every kernel of the backend: the fused strip forward and backward (identity
-copy vectorized and scalar, tiles cut at the volume's edges), the generic path (plane variant,
-other odd sizes: generic forward, dx and weight-gradient kernels), gc = 0, no biases, and each
-dtype. Every output and gradient is compared with the float64 reference computed on the CPU
-(so the sanitizer only watches fusionseg's kernels and a few PyTorch copies).
+The cases are the small ones of the shared conformance table (fusionseg_kernels.testing), which
+cover every kernel of the backend. Every output and gradient is judged as in the test suite:
+against the float64 reference computed on the CPU (so the sanitizer only watches fusionseg's
+kernels and a few PyTorch copies), fp16/bf16 against twice PyTorch's own error.
 
 Exit status: 0 when every case matches ("all cases match"), 1 on a mismatch or non-finite
 value, 2 when the cases cannot run (no CUDA GPU, CUDA kernels not built).
@@ -24,59 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fusionseg_kernels import inception_dwconv3d, inception_dwconv3d_reference  # noqa: E402
+from fusionseg_kernels import inception_dwconv3d  # noqa: E402
+from fusionseg_kernels.testing import (CONFORMANCE_CASES, case_inputs, check_conformance,  # noqa: E402
+                                       conformance_errors)
 
-STRIP = ((3, 3, 3), (1, 1, 11), (1, 11, 1), (11, 1, 1))
-PLANE = ((3, 3, 3), (1, 11, 11), (11, 1, 11), (11, 11, 1))
-ODD = ((5, 5, 5), (1, 1, 7), (1, 7, 1), (7, 1, 1))
-
-# Relative L2 error allowed against float64 (float32 1e-5; low precision: a few ulps
-# of the storage type, well above what a correct kernel shows and far below a wrong one).
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
-
-# name, (N, C, D, H, W), gc, kernels, dtype, bias
-CASES = [
-    ("strip f32 aligned", (2, 16, 4, 8, 40), 2, STRIP, torch.float32, True),
-    ("strip f32 odd sizes", (1, 13, 9, 7, 5), 2, STRIP, torch.float32, True),
-    ("strip f32 tile edges", (1, 9, 17, 33, 35), 2, STRIP, torch.float32, False),
-    ("strip f16", (1, 24, 5, 6, 20), 3, STRIP, torch.float16, True),
-    ("strip bf16", (1, 20, 3, 5, 11), 3, STRIP, torch.bfloat16, True),
-    ("strip f64", (1, 12, 6, 5, 7), 2, STRIP, torch.float64, True),
-    ("plane f32 (generic)", (1, 12, 6, 13, 9), 2, PLANE, torch.float32, True),
-    ("plane f64 (generic)", (1, 8, 5, 12, 3), 1, PLANE, torch.float64, False),
-    ("odd f32 (generic)", (2, 10, 7, 6, 9), 2, ODD, torch.float32, True),
-    ("gc=0 (identity only)", (1, 7, 3, 4, 5), 0, STRIP, torch.float32, True),
-]
-
-
-def make_case(shape, gc, kernels, dtype, bias, device):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    gy = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    args = []
-    for k in kernels:
-        w = torch.randn(gc, 1, *k, generator=gen, dtype=torch.float64) / (k[0] * k[1] * k[2]) ** 0.5
-        b = torch.randn(gc, generator=gen, dtype=torch.float64) if bias else None
-        args += [w, b]
-    cast = [None if a is None else a.to(device=device, dtype=dtype) for a in args]
-    return x, gy, args, x.to(device=device, dtype=dtype), gy.to(device=device, dtype=dtype), cast
-
-
-def outputs(fn, x, gy, args):
-    x = x.detach().requires_grad_(True)
-    args = [None if a is None else a.detach().requires_grad_(True) for a in args]
-    y = fn(x, *args)
-    inputs = [x] + [a for a in args if a is not None]
-    # gc = 0: the reference never uses the (empty) weights; their gradients are zeros.
-    grads = torch.autograd.grad(y, inputs, gy, allow_unused=True, materialize_grads=True)
-    return [y.detach()] + list(grads)
-
-
-def rel_l2(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    denom = b.norm().item()
-    diff = (a - b).norm().item()
-    return diff / denom if denom > 0 else diff
+# The small cases of the shared conformance table: every kernel of the backend (strip fast path
+# with vectorized and scalar identity copies, tiles cut at the volume's edges; the generic path for
+# planes and other odd sizes; gc = 0; no biases; each dtype) in seconds under the sanitizer.
+CASES = [c for c in CONFORMANCE_CASES if c.small]
 
 
 def main() -> int:
@@ -102,27 +56,17 @@ def main() -> int:
         return inception_dwconv3d(x, *a, backend=backend)
 
     failures = 0
-    names = ("y", "dx", "cube_w", "cube_b", "w_w", "w_b", "h_w", "h_b", "d_w", "d_b")
-    for name, shape, gc, kernels, dtype, bias in CASES:
-        x64, gy64, args64, x, gy, args = make_case(shape, gc, kernels, dtype, bias, device)
-        ref = outputs(inception_dwconv3d_reference, x64, gy64, args64)
-        got = outputs(fn, x, gy, args)
-        labels = [n for n in names[:2]] + [n for n, a in zip(names[2:], args) if a is not None]
-        worst, worst_name, ok = 0.0, "", True
-        for label, g, r in zip(labels, got, ref):
-            if g.shape != r.shape or not torch.isfinite(g).all():
-                ok, worst_name = False, f"{label} (shape {tuple(g.shape)} or non-finite values)"
-                break
-            e = rel_l2(g, r)
-            if e > worst:
-                worst, worst_name = e, label
-            ok &= e <= TOLERANCE[dtype]
+    for case in CASES:
+        x, args, grad_y = case_inputs(case, device)
+        errors = conformance_errors(fn, x, args, grad_y)
+        bad = check_conformance(fn, x, args, grad_y)
         if device == "cuda":
             torch.cuda.synchronize()
-        status = "ok" if ok else "MISMATCH"
-        failures += not ok
-        print(f"{status:8s} {name:24s} {str(tuple(shape)):22s} gc={gc:<2d} {str(dtype):15s} "
-              f"worst rel L2 {worst:.2e} ({worst_name})", flush=True)
+        worst = max(errors, key=errors.get)
+        failures += bool(bad)
+        print(f"{'MISMATCH' if bad else 'ok':8s} {case.name:34s} {str(case.shape):22s} gc={case.gc:<2d} "
+              f"{str(case.dtype):15s} worst rel L2 {errors[worst]:.2e} ({worst})"
+              + (f": {'; '.join(bad)}" if bad else ""), flush=True)
     if failures:
         print(f"sanitize_cuda: {failures} of {len(CASES)} cases do not match the reference")
         return 1

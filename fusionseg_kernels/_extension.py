@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +21,9 @@ class ExtensionNotBuiltError(RuntimeError):
 
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[bool, str]:
+    if os.environ.get("FUSIONSEG_NO_EXTENSION") == "1":
+        # e.g. a process that loads another build of the fusionseg schemas (the CUDA emulation)
+        return False, "the fusionseg C++ extension is switched off (FUSIONSEG_NO_EXTENSION=1)"
     candidates = sorted(_PACKAGE_DIR.glob("_C*.so")) + sorted(_PACKAGE_DIR.glob("_C*.pyd"))
     if not candidates:
         return False, f"the fusionseg C++ extension is not built ({_PACKAGE_DIR}/_C*.so missing): {BUILD_HINT}"

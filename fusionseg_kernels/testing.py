@@ -50,6 +50,11 @@ class ConformanceCase:
     def id(self) -> str:
         return self.name.replace(" ", "-")
 
+    @property
+    def emulated(self) -> bool:
+        """Cheap enough for the CUDA emulation (every CUDA thread a CPU thread): small, <= 16k elements."""
+        return self.small and math.prod(self.shape) <= 16_000
+
 
 CONFORMANCE_CASES = (
     ConformanceCase("odd sizes batch 2", (2, 16, 7, 9, 13), 2),
@@ -66,7 +71,7 @@ CONFORMANCE_CASES = (
     ConformanceCase("gc 0 identity only", (1, 7, 3, 4, 5), 0),
     ConformanceCase("gc 13", (1, 55, 4, 6, 12), 13, dtype=torch.float64),
     ConformanceCase("gc 40", (1, 163, 3, 4, 9), 40, small=False),
-    ConformanceCase("tiles cut on every axis", (1, 9, 17, 9, 35), 2, dtype=torch.float64, bias=False),
+    ConformanceCase("tiles cut on every axis", (1, 5, 9, 9, 33), 1, dtype=torch.float64, bias=False),
     ConformanceCase("aligned rows, 2 tiles along W", (2, 16, 4, 8, 40), 2),
     ConformanceCase("long rows", (1, 16, 20, 21, 70), 2, small=False),
     ConformanceCase("straddles GPU tile edges", (2, 9, 17, 19, 33), 2, small=False),

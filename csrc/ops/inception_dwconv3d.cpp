@@ -22,8 +22,6 @@ std::string cuda_build_info_json();  // defined in cuda/, reports __CUDA_ARCH_LI
 
 namespace fusionseg {
 
-int64_t cpu_streaming_store_passes();  // cpu/: passes of the CPU kernel that used streaming stores
-
 namespace {
 
 const char* kGroupName[kNumConvGroups] = {"cube_weight", "w_weight", "h_weight", "d_weight"};
@@ -171,8 +169,6 @@ TORCH_LIBRARY(fusionseg, m) {
       "Tensor w_weight, Tensor h_weight, Tensor d_weight) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &fusionseg::build_info_json);
-  // Diagnostics for tests: how many CPU kernel passes chose non-temporal (streaming) stores.
-  m.def("cpu_streaming_store_passes() -> int", &fusionseg::cpu_streaming_store_passes);
 }
 
 // The autocast rule (CPU and CUDA) is registered from Python, for this op pair and the Triton

@@ -770,6 +770,8 @@ TORCH_LIBRARY_IMPL(fusionseg, CPU, m) {
   m.impl("inception_dwconv3d_backward", &fusionseg::backward_cpu);
 }
 
-namespace fusionseg {
-int64_t cpu_streaming_store_passes() { return g_streaming_passes.load(std::memory_order_relaxed); }
-}  // namespace fusionseg
+// Diagnostics for tests: how many CPU kernel passes chose non-temporal (streaming) stores.
+TORCH_LIBRARY_FRAGMENT(fusionseg, m) {
+  m.def("cpu_streaming_store_passes() -> int",
+        [] { return fusionseg::g_streaming_passes.load(std::memory_order_relaxed); });
+}
