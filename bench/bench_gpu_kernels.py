@@ -235,6 +235,8 @@ def run_sweep(opts, out_path: Path):
     device = opts.device
     dtypes = [DTYPES[d] for d in opts.dtypes]
     shapes = layer_shapes(opts.batch, scale=opts.scale)
+    if opts.shapes > 0:  # the largest distinct calls only
+        shapes = shapes[:opts.shapes]
     providers, skipped = available_providers(device, opts.providers)
     bw, copy_ms = copy_bandwidth(device, opts.quick)
     print(f"# {metadata(device)['device_name']}: copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
@@ -355,13 +357,17 @@ def print_table(result):
 def _precompile_worker(job):
     """Compile (and run once) both Triton kernels for one dtype and config on every layer shape,
     through the same launch path the autotuner uses, so the on-disk cache then serves it."""
-    dtype_name, cfg_index, batch = job
+    dtype_name, cfg_index, batch, n_shapes = job
     import triton  # noqa: F401
     from fusionseg_kernels.ops.inception_dwconv3d import triton_impl as ti
 
     cfg = ti._GPU_CONFIGS[cfg_index]
     t0 = time.perf_counter()
-    for shape, gc, _ in layer_shapes(batch):
+    shapes = layer_shapes(batch)
+    for shape, gc, _ in shapes[:n_shapes] if n_shapes > 0 else shapes:
+        # only the calls whose autotuner would try this config (the config's width class)
+        if cfg not in ti._prune_configs(ti._GPU_CONFIGS, {"W": shape[-1]}):
+            continue
         x, args, gy = make_args(shape, gc, DTYPES[dtype_name], "cuda")
         ti.run_kernels_with_config(x, args, gy, cfg)
     torch.cuda.synchronize()
@@ -372,7 +378,8 @@ def precompile(opts):
     import multiprocessing as mp
     from fusionseg_kernels.ops.inception_dwconv3d import triton_impl as ti
 
-    jobs = [(d, i, opts.batch) for d in opts.dtypes for i in range(len(ti._GPU_CONFIGS))]
+    # dtypes in the order given (gpu_check.sh: bf16 first), every config of every width class
+    jobs = [(d, i, opts.batch, opts.shapes) for d in opts.dtypes for i in range(len(ti._GPU_CONFIGS))]
     ctx = mp.get_context("spawn")
     t0 = time.perf_counter()
     with ctx.Pool(min(opts.jobs, len(jobs))) as pool:
@@ -438,6 +445,8 @@ def main(argv=None):
     p.add_argument("--providers", nargs="+", default=None,
                    help="subset of reference compile triton cuda (cpu on a CPU run)")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--shapes", type=int, default=0,
+                   help="only the N largest distinct calls (0: all), largest first")
     p.add_argument("--scale", type=int, default=1, help="divide D, H, W by this (smoke runs)")
     p.add_argument("--compile-shapes", type=int, default=-1,
                    help="torch.compile only the N largest distinct shapes (-1: all)")
