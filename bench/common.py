@@ -15,7 +15,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -192,34 +191,17 @@ def quiet_profiler() -> None:
 
 # ----------------------------------------------------------------------------- files
 
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it): mkstemp creates files 0600, a
-    result file gets the permissions an ordinary open() would give it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    from fusionseg_kernels import atomic  # imported here: importing the package loads torch
+
+    (atomic.write_bytes if isinstance(data, bytes) else atomic.write_text)(path, data)
 
 
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+    from fusionseg_kernels import atomic
+
+    atomic.write_json(path, obj)
 
 
 def default_out(name: str, suffix: str = ".json") -> Path:

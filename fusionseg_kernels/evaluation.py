@@ -27,12 +27,12 @@ import csv
 import io
 import math
 import os
-import uuid
 import warnings
 from typing import Sequence
 
 import numpy as np
 
+from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import EvaluationError, InputImageError, OutputFolderError
 
 __all__ = ["score_case", "score_case_detail", "read_mask", "evaluate_folders", "summarize",
@@ -187,19 +187,7 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     for r in rows:
         w.writerow([r["case"], "" if r["dsc"] is None else repr(r["dsc"]),
                     "" if r["nsd"] is None else repr(r["nsd"]), r["note"]])
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise OutputFolderError(f"cannot write {path}: {err.strerror or err}.") from None
+    atomic.write_text(path, buf.getvalue())
 
 
 def run_cli(args) -> int:

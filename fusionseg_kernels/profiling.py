@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import FusionsegError
 
 DEFAULT_INTERVAL_S = 0.1
@@ -441,32 +442,8 @@ def case_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it): mkstemp creates files 0600, a
-    result file gets the permissions an ordinary open() would give it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_json(path: Path, result: dict) -> None:
-    _write_atomic(Path(path), json.dumps(result, indent=1) + "\n")
+    atomic.write_json(path, result, indent=1)
 
 
 def write_case_files(result: dict, json_path: Path) -> list[Path]:
@@ -491,9 +468,9 @@ def write_case_files(result: dict, json_path: Path) -> list[Path]:
     paths = [json_path, json_path.with_suffix(".csv"), json_path.with_suffix(".md"),
              json_path.with_name(json_path.stem + "_curves.csv")]
     write_json(paths[0], result)
-    _write_atomic(paths[1], buf.getvalue())
-    _write_atomic(paths[2], "\n".join(md) + "\n")
-    _write_atomic(paths[3], curves.getvalue())
+    atomic.write_text(paths[1], buf.getvalue())
+    atomic.write_text(paths[2], "\n".join(md) + "\n")
+    atomic.write_text(paths[3], curves.getvalue())
     return paths
 
 

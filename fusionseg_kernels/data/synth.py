@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import OutputFolderError, ParameterError
 
 __all__ = ["SyntheticCase", "synthesize_ct", "write_case", "write_dataset", "TISSUES",
@@ -648,34 +648,13 @@ def write_image_atomic(img, path: str | os.PathLike) -> None:
     if ext in _MULTI_FILE or not ext:
         raise OutputFolderError(f"cannot write {path}: use a single-file image format such as "
                                 f".nii.gz, .nii, .mha or .nrrd.")
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise OutputFolderError(f"cannot create the folder {folder}: {err.strerror or err}.") from None
-    base = os.path.basename(path)
-    tmp = os.path.join(folder, f".{base[:-len(ext)]}.{uuid.uuid4().hex[:12]}.tmp{ext}")
-    try:
-        sitk.WriteImage(img, tmp, True)
-        os.replace(tmp, path)
+        with atomic.atomic_output(path) as tmp:
+            sitk.WriteImage(img, str(tmp), True)
     except RuntimeError as err:
-        _remove(tmp)
         first = str(err).strip().splitlines()
         raise OutputFolderError(f"SimpleITK could not write {path} "
                                 f"({first[-1] if first else 'unknown error'}).") from None
-    except OSError as err:
-        _remove(tmp)
-        raise OutputFolderError(f"cannot write {path}: {err.strerror or err}.") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def write_case(case: SyntheticCase, image_path: str | os.PathLike,
@@ -686,18 +665,6 @@ def write_case(case: SyntheticCase, image_path: str | os.PathLike,
     write_image_atomic(_to_sitk(case.image, case), image_path)
     if label_path is not None:
         write_image_atomic(_to_sitk(case.label, case), label_path)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        _remove(tmp)
-        raise OutputFolderError(f"cannot write {path}: {err.strerror or err}.") from None
 
 
 def write_dataset(out_dir: str | os.PathLike, n: int = 4, size: Sequence[int] = DEFAULT_SIZE,
@@ -746,7 +713,7 @@ def write_dataset(out_dir: str | os.PathLike, n: int = 4, size: Sequence[int] = 
         "numTraining": int(n),
         "file_ending": ".nii.gz",
     }
-    _write_text_atomic(os.path.join(out_dir, "dataset.json"), json.dumps(meta, indent=2) + "\n")
+    atomic.write_json(os.path.join(out_dir, "dataset.json"), meta)
     return names
 
 

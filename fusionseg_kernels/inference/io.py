@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import InputImageError, OutputFolderError
 
 #: file endings read as images (longest first, so ".nii.gz" wins over ".gz")
@@ -274,13 +275,6 @@ def prepare_output_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def temporary_path(final: Path) -> Path:
-    """A hidden name next to ``final`` with the same ending (SimpleITK picks the writer by it)."""
-    _, suffix = split_suffix(final)
-    stem = final.name[: -len(suffix)] if suffix else final.name
-    return final.with_name(f".{stem}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-
-
 def write_mask(mask_zyx: np.ndarray, reference: sitk.Image | None, path: Path, *,
                geometry: tuple | None = None, compression_level: int = -1) -> None:
     """Writes a uint8 (z, y, x) mask with the reference image's geometry (size, spacing, origin,
@@ -297,35 +291,12 @@ def write_mask(mask_zyx: np.ndarray, reference: sitk.Image | None, path: Path, *
         img.SetSpacing(spacing)
         img.SetOrigin(origin)
         img.SetDirection(direction)
-    tmp = temporary_path(path)
     try:
-        sitk.WriteImage(img, str(tmp), True, compression_level)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(err, RuntimeError):
-            raise OutputFolderError(f"{path} could not be written ({_first_line(err)}).") from None
-        raise
+        with atomic.atomic_output(path) as tmp:
+            sitk.WriteImage(img, str(tmp), True, compression_level)
+    except RuntimeError as err:
+        raise OutputFolderError(f"{path} could not be written ({_first_line(err)}).") from None
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    import json
-
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise OutputFolderError(f"{path} could not be written ({err.strerror or err}).") from None
+    atomic.write_json(path, obj)

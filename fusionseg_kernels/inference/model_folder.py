@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import CheckpointError, ModelFolderError
 
 #: the trainer of the released FLARE 2025 model
@@ -124,8 +125,8 @@ def create_model_folder(folder: str | os.PathLike, networks: torch.nn.Module | S
     plans = copy.deepcopy(plans) if plans is not None else released_plans()
     dataset_json = copy.deepcopy(dataset_json) if dataset_json is not None else released_dataset_json()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plans.json").write_text(json.dumps(plans, indent=4, sort_keys=False) + "\n")
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=4, sort_keys=False) + "\n")
+    atomic.write_json(folder / "plans.json", plans, indent=4)
+    atomic.write_json(folder / "dataset.json", dataset_json, indent=4)
     for fold, net in zip(folds, nets):
         weights = net.released_state_dict() if hasattr(net, "released_state_dict") else net.state_dict()
         checkpoint = {
@@ -143,9 +144,8 @@ def create_model_folder(folder: str | os.PathLike, networks: torch.nn.Module | S
         }
         fold_dir = folder / f"fold_{fold}"
         fold_dir.mkdir(exist_ok=True)
-        tmp = fold_dir / f".{checkpoint_name}.partial"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, fold_dir / checkpoint_name)
+        with atomic.atomic_output(fold_dir / checkpoint_name) as tmp:
+            torch.save(checkpoint, tmp)
     return folder
 
 

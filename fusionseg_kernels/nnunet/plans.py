@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import FusionsegError
 
 NETWORK_CLASS_NAMES = {
@@ -108,21 +108,6 @@ def resolve_plans_file(dataset: str | os.PathLike, source_plans: str = "nnUNetPl
     return plans_file
 
 
-def _write_json_atomically(data: dict, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=4, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _dataset_channels_and_classes(plans_file: Path) -> tuple[int, int]:
     dataset_json = plans_file.parent / "dataset.json"
     try:
@@ -184,5 +169,5 @@ def rewrite_plans(dataset: str | os.PathLike, network: str = "dual", plans_name:
                          f"{list(model.total_stride)}, smallest sizes {[list(s) for s in model.min_input_sizes]}); "
                          f"pass --patch {' '.join(map(str, fitting))} or another fitting size")
     target = plans_file.parent / f"{plans_name}.json"
-    _write_json_atomically(new, target)
+    atomic.write_json(target, new, indent=4)
     return target
