@@ -20,15 +20,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from fusionseg_kernels.errors import FusionsegError
 from fusionseg_kernels.modules import InceptionDWConv3d
 
-try:
-    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend_name
-except ImportError:  # older dispatch module without the shared check
-    from fusionseg_kernels.ops.inception_dwconv3d import BACKENDS
-
-    def check_backend_name(name) -> str:
-        if not isinstance(name, str) or name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-        return name
+from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend_name
 
 from .blocks import (DualBranchBlock, LayerFactory, StackedConvs, Triple, UNetDecoder, as_triple)
 
