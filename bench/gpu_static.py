@@ -206,8 +206,10 @@ def _triton_compile(fn, args, kwargs, arch, num_warps, cache):
     return out
 
 
-def triton_kernels(arch, dtype_name, calls, cache, log):
-    """Static figures of every (kernel, config) the launcher uses for the calls, per call."""
+def triton_kernels(arch, dtype_name, calls, cache, log, first_config_only=False):
+    """Static figures of every (kernel, config) the launcher uses for the calls, per call
+    (first_config_only: the first config of each call's class, what FUSIONSEG_TRITON_AUTOTUNE=0
+    launches)."""
     from fusionseg_kernels.ops.inception_dwconv3d import triton_impl as ti
 
     dtype = DTYPES[dtype_name]
@@ -217,6 +219,8 @@ def triton_kernels(arch, dtype_name, calls, cache, log):
         y = torch.empty_like(x)
         grid, fargs, fkw = ti._forward_launch_args(x, y, ws, bs)
         fwd_configs = _launcher_configs(ti._idc_forward_kernel, fargs, fkw)
+        if first_config_only:
+            fwd_configs = fwd_configs[:1]
         gy = torch.empty_like(x)
         gx = torch.empty_like(x)
         entry = dict(shape=shape, gc=gc, calls=ncalls, forward=[], backward=[])
@@ -226,6 +230,8 @@ def triton_kernels(arch, dtype_name, calls, cache, log):
             entry["forward"].append(dict(config=cfg.kwargs, grid=grid(kw)[0], **k))
             log(f"triton {arch} {dtype_name} {shape} forward {cfg.kwargs}: {k['registers']} regs")
         bwd_configs = _launcher_configs(ti._idc_backward_kernel, *_bwd_args(ti, gy, x, gx, ws, ti.CONFIGS)[1:3])
+        if first_config_only:
+            bwd_configs = bwd_configs[:1]
         for cfg in bwd_configs:
             bgrid, bargs, bkw, partials, _ = _bwd_args(ti, gy, x, gx, ws, bwd_configs)
             kw = dict(bkw, **cfg.all_kwargs())
