@@ -4,10 +4,13 @@ A model folder holds ``plans.json``, ``dataset.json`` and ``fold_<f>/checkpoint_
 ``checkpoint_best.pth``) for one or more folds — what ``nnUNetv2_train`` leaves behind and what
 ``nnUNetv2_predict -d/-tr/-p/-c`` or ``nnUNetv2_predict_from_modelfolder`` reads.
 
-The network is chosen like nnU-Net's trainer would build it: the released trainer
-(``nnUNetTrainernew``) builds the dual-branch network with the sizes of the plans' configuration,
-whatever class name the plans hold; any other trainer gets the plans' ``network_class_name``
-(nnU-Net's ``PlainConvUNet`` and this package's three classes are understood).
+The network is chosen as this package's nnU-Net trainer builds it (the one rule for both
+``fusionseg predict`` and ``nnUNetv2_predict``): the released trainer (``nnUNetTrainernew``)
+builds the dual-branch network from the plans when they name it
+(``fusionseg_kernels.models.DualBranchUNet``, e.g. after ``fusionseg nnunet-plans``), and the
+released architecture otherwise (the release's own plans name nnU-Net's ``PlainConvUNet``); any
+other trainer gets the plans' ``network_class_name`` (nnU-Net's ``PlainConvUNet`` and this
+package's three classes are understood).
 """
 from __future__ import annotations
 
@@ -41,8 +44,9 @@ def released_plans(patch_size: Sequence[int] = (96, 128, 128),
                    spacing: Sequence[float] = (3.0, 2.0, 2.0),
                    dataset_name: str = "Dataset025_FLARE25Lesion") -> dict:
     """Plans in nnU-Net 2.8's ``plans.json`` format with the release's ``3d_fullres`` settings
-    (spacing, patch, CT normalization, resampling functions). Patch and features may be reduced
-    for tests and demos; every stage has 3x3x3 kernels and two convolutions."""
+    (spacing, patch, CT normalization, resampling functions), naming this package's
+    ``DualBranchUNet`` with the given sizes (as ``fusionseg nnunet-plans`` writes them). Patch and
+    features may be reduced for tests and demos; every stage has 3x3x3 kernels and two convolutions."""
     n = len(features_per_stage)
     if len(strides) != n:
         raise ValueError(f"{n} features_per_stage but {len(strides)} strides")
@@ -54,9 +58,9 @@ def released_plans(patch_size: Sequence[int] = (96, 128, 128),
         "strides": [[int(s) for s in st] for st in strides],
         "n_conv_per_stage": [2] * n,
         "n_conv_per_stage_decoder": [2] * (n - 1),
-        "conv_bias": True,
+        "conv_bias": False,
         "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "norm_op_kwargs": {"eps": 1e-05, "affine": False},
         "dropout_op": None,
         "dropout_op_kwargs": None,
         "nonlin": "torch.nn.LeakyReLU",
@@ -79,7 +83,7 @@ def released_plans(patch_size: Sequence[int] = (96, 128, 128),
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
                                                "force_separate_z": None},
         "architecture": {
-            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "network_class_name": "fusionseg_kernels.models.DualBranchUNet",
             "arch_kwargs": arch_kwargs,
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
         },
@@ -258,15 +262,10 @@ def build_network(trainer_name: str | None, configuration: dict, input_channels:
     kwargs = arch.get("arch_kwargs") or {}
     where = plans_path or "plans.json"
     try:
-        if trainer_name == RELEASED_TRAINER:
-            sizes = {"features_per_stage": kwargs["features_per_stage"], "strides": kwargs["strides"]}
-            if "kernel_sizes" in kwargs:
-                sizes["kernel_sizes"] = kwargs["kernel_sizes"]
-            if "n_conv_per_stage_decoder" in kwargs:
-                sizes["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"]
-            return models.DualBranchUNet(input_channels=input_channels, num_classes=num_classes,
-                                         backend=backend, **sizes)
         name = str(arch.get("network_class_name", "")).rsplit(".", 1)[-1]
+        if trainer_name == RELEASED_TRAINER and name != "DualBranchUNet":
+            return models.DualBranchUNet(input_channels=input_channels, num_classes=num_classes,
+                                         backend=backend)
         if name not in _CLASS_BY_NAME:
             raise ModelFolderError(
                 f"{where}: network_class_name {arch.get('network_class_name')!r} (trainer {trainer_name!r}) "
