@@ -6,9 +6,3 @@
 #include "cuda_emulation.h"
 
 #include "../../csrc/ops/cuda/inception_dwconv3d_kernel.cu"
-
-// The op library's schema file reports a counter of the CPU kernel, which this library does not
-// hold: the emulation has no CPU kernel, so the counter is always 0.
-namespace fusionseg {
-int64_t cpu_streaming_store_passes() { return 0; }
-}  // namespace fusionseg
