@@ -19,7 +19,6 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from fusionseg_kernels.errors import FusionsegError
 from fusionseg_kernels.modules import InceptionDWConv3d
-
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend_name
 
 from .blocks import (DualBranchBlock, LayerFactory, StackedConvs, Triple, UNetDecoder, as_triple)
