@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel sweep of inception_dwconv3d over the released network's 28 layer shapes (issue 3, item 7).
+"""Kernel sweep of inception_dwconv3d over the released network's 28 layer shapes.
 
     python3 bench/bench_gpu_kernels.py                       # GPU: full sweep, JSON in bench/results/
     python3 bench/bench_gpu_kernels.py --quick --compile-shapes 2      # what bench/gpu_check.sh runs
@@ -15,7 +15,7 @@ the reference, one compile per shape and dtype, compile time recorded and kept o
 timing), "triton", and "cuda" when the extension has CUDA kernels.
 
 Timing: triton.testing.do_bench (median; it flushes L2 by writing a 256 MB buffer before every
-call, so inputs are read from DRAM even when smaller than L2). Bandwidth: SPEC §2 roofline bytes
+call, so inputs are read from DRAM even when smaller than L2). Bandwidth: the roofline bytes (docs/op.md)
 (2|x| forward, 4.5|x| forward+backward) / time, and its fraction of a device-to-device copy
 (read + write) measured in the same run. Peak memory: torch.cuda.max_memory_allocated during one
 call, minus what was allocated before it. Every provider's output (and gradients) is compared
@@ -47,7 +47,7 @@ RESULTS_DIR = ROOT / "bench" / "results"
 GPU_TABLE = ROOT / "fusionseg_kernels" / "ops" / "inception_dwconv3d" / "gpu_table.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STRIP_KERNELS = ((3, 3, 3), (1, 1, 11), (1, 11, 1), (11, 1, 1))
-ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}  # SPEC §2, bytes moved / |x|
+ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}  # bytes moved / |x| (docs/op.md)
 # Relative L2 error vs the reference in the same dtype above which a result is flagged.
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 

@@ -97,7 +97,7 @@ using DBandSpec = ConvSpec<11, 1, 1, kAxisD, 8>;
 constexpr int kGenericR = 4;
 using GenericSpec = ConvSpec<0, 0, 0, kAxisD, kGenericR>;
 
-// The weights and biases as the kernels read them: in x's dtype (SPEC §2), contiguous, converted
+// The weights and biases as the kernels read them: in x's dtype (the op's contract), contiguous, converted
 // to the accumulation type on load. No packed copy: the common case (weights already in x's
 // dtype) costs no extra launch.
 template <typename T>
