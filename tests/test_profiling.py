@@ -178,9 +178,11 @@ def test_context_manager_reports_when_the_block_raises():
 
 
 def test_rss_sampling_sees_a_child_allocation():
+    # 200 MB, touched, then held for a second. No comment inside the code: the shell variant
+    # below joins its lines with "; ", where a comment would swallow the sleep.
     code = textwrap.dedent("""
         import time, numpy
-        a = numpy.ones(200 * 2**20 // 8)   # 200 MB, touched
+        a = numpy.ones(200 * 2**20 // 8)
         time.sleep(1.0)
     """)
     idle = profile_command([PY, "-c", "import time, numpy; time.sleep(1.0)"], interval=0.05, source="rss")
