@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/gpu_static.py                      # sm_89 + sm_90, fp32/fp16/bf16, 28 calls
     .venv/bin/python bench/gpu_static.py --arch sm_90 --dtypes bf16 --json report.json
-    .venv/bin/python bench/gpu_static.py --subset             # the largest calls only (fast)
+    .venv/bin/python bench/gpu_static.py --subset             # the calls with x >= 32 MB only
 
 Triton: every kernel is compiled by Triton's ahead-of-time compiler for each architecture and
 dtype, with the specialization the launcher derives for the real call (argument divisibility by
@@ -269,6 +269,10 @@ def _launcher_configs(autotuner, args, kwargs):
 CUDA_SPECS = {  # group -> (blocking axis, R) of the CUDA kernels (inception_dwconv3d_kernel.cu)
     0: ("d", 8), 1: ("w", 4), 2: ("h", 4), 3: ("d", 8)}
 CUDA_THREADS = 256
+TARGET_MIN_X_BYTES = 32e6      # the targets hold for calls whose input is at least 32 MB in bf16
+CUDA_ROWS_IN_FLIGHT = 4        # kRowsInFlight: element-wise staging, rows per warp at once
+CUDA_VECTORS_IN_FLIGHT = 4     # kVectorsInFlight: 16-byte staging, vectors per thread at once
+CUDA_IDENTITY_128BIT_ACCESSES = 8  # identity_copy: 4 unrolled 16-byte loads and 4 stores
 
 
 def cuda_library():
@@ -512,8 +516,6 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
             return None
         acc = 8 if dtype_name == "fp64" else 4
         srcs = 1 if which == "forward" else 2
-        smem = max(t["hd"] * t["hh"] * t["hw"] for t in tiles) * acc * srcs + k["static_shared"]
-        ctas, _ = occupancy(arch, k["registers"], CUDA_THREADS // 32, smem)
         l2 = id_blocks * id_chunk * elt + sum(
             b * t["hd"] * t["hh"] * _sector_bytes(t["tw"], (t["hw"] - t["tw"]) // 2, elt) * srcs
             for b, t in zip(cv_blocks, tiles))
@@ -522,15 +524,34 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
         else:
             part = sum(gc * N * t["tiles"] * 4 * 12 for t in tiles)
             dram, roof = 2.5 * x_bytes + part, 2.5 * x_bytes
-        # 16-byte halo staging shows as cp.async (LDGSTS) in the SASS; otherwise element-wise
-        wide = k.get("ldgsts", 0) > 0
-        rows_in_flight = getattr(sys.modules[__name__], "CUDA_ROWS_IN_FLIGHT", 4)
-        t_cv = []
+        # Halo staging. 16-byte staging shows in the SASS as 128-bit loads beyond the identity
+        # copy's (4 per kernel; or cp.async, LDGSTS): the block's threads take the tile's
+        # (row, 16-byte vector) pairs CUDA_VECTORS_IN_FLIGHT at a time, all loads before the
+        # stores. Element-wise staging: warps take rows, CUDA_ROWS_IN_FLIGHT at a time, lanes
+        # along W. The backward stages two tiles (dy, x): together when wide (load_two_tiles),
+        # one after the other otherwise.
+        # (taken when W is a whole number of vectors; tensors from the allocator are aligned)
+        vec = 16 // elt
+        wide = (k.get("ldgsts", 0) > 0 or k["global_access_bits"]["128"] > CUDA_IDENTITY_128BIT_ACCESSES) \
+            and W % vec == 0
+        # shared-memory rows: whole 16-byte vectors when staged wide (vector_pitch in the tiling header)
+        leads = [(-(ks[2] // 2)) % vec if wide else 0 for ks in STRIP_KERNELS]
+        pitch = [-(-(lead + t["hw"]) // vec) * vec if wide else t["hw"] for t, lead in zip(tiles, leads)]
+        smem = max(t["hd"] * t["hh"] * p for t, p in zip(tiles, pitch)) * acc * srcs + k["static_shared"]
+        ctas, _ = occupancy(arch, k["registers"], CUDA_THREADS // 32, smem)
+        t_cv, inflight_cv = [], []
         for g, t in enumerate(tiles):
-            rows = t["hd"] * t["hh"] * math.ceil(t["hw"] * elt / (16 if wide else elt) / 32)
-            batches = math.ceil(rows / (8 * rows_in_flight))
-            stage = batches * (MODEL["l2_latency_s"] + (MODEL["dram_latency_s"] - MODEL["l2_latency_s"])
-                               * (t["td"] * t["th"] * t["tw"]) / (t["hd"] * t["hh"] * t["hw"]))
+            if wide:
+                items = t["hd"] * t["hh"] * pitch[g] // vec
+                per_round = CUDA_THREADS * CUDA_VECTORS_IN_FLIGHT
+                rounds = math.ceil(items / per_round)
+                inflight_cv.append(srcs * min(items, per_round) * 16)
+            else:
+                warp_rows = t["hd"] * t["hh"] * math.ceil(t["hw"] / 32)
+                rounds = srcs * math.ceil(warp_rows / (CUDA_THREADS // 32 * CUDA_ROWS_IN_FLIGHT))
+                inflight_cv.append(CUDA_THREADS * CUDA_ROWS_IN_FLIGHT * elt)
+            stage = rounds * (MODEL["l2_latency_s"] + (MODEL["dram_latency_s"] - MODEL["l2_latency_s"])
+                              * (t["td"] * t["th"] * t["tw"]) / (t["hd"] * t["hh"] * t["hw"]))
             # then the block computes (no overlap with its own staging): ~2 instructions per
             # tap and output (FMA + shared load), 4 warp instructions per clock per SM
             kvol = math.prod(STRIP_KERNELS[g])
@@ -538,8 +559,8 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
             t_cv.append(stage + compute)
         n_t = id_blocks + sum(cv_blocks)
         t_mix = (id_blocks * MODEL["dram_latency_s"] + sum(b * t for b, t in zip(cv_blocks, t_cv))) / max(1, n_t)
-        inflight = ctas * (CUDA_THREADS * 4 * 16 * id_blocks + 8 * rows_in_flight * 32 * (16 if wide else elt)
-                           * sum(cv_blocks)) / max(1, n_t)
+        inflight = ctas * (CUDA_THREADS * 4 * 16 * id_blocks + sum(b * f for b, f in zip(cv_blocks, inflight_cv))
+                           ) / max(1, n_t)
         conv_elems = 4 * gc * N * D * H * W
         taps = sum(math.prod(q) for q in STRIP_KERNELS) / 4
         issue = conv_elems * taps * 1.5 * (1 if which == "forward" else 2.2) / 32 / (a["sms"] * 4 * a["clock"])
@@ -578,8 +599,8 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
 def build_report(archs, dtypes, subset, log=print, cuda_lib=None):
     cache = json.loads(CACHE_FILE.read_text()) if CACHE_FILE.exists() else {}
     calls = layer_calls()
-    if subset:
-        calls = calls[:2]
+    if subset:  # the calls the targets name: x of at least 32 MB in bf16
+        calls = [c for c in calls if math.prod(c[0]) * 2 >= TARGET_MIN_X_BYTES]
     report = {"kernels": [], "predictions": [], "details": {"model": MODEL, "archs": ARCHS, "calls": []}}
     lib = Path(cuda_lib) if cuda_lib else cuda_library()
     seen = set()
@@ -681,7 +702,7 @@ def main(argv=None):
     p.add_argument("--arch", nargs="+", choices=tuple(ARCHS), default=["sm_89", "sm_90"])
     p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
     p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--subset", action="store_true", help="the two largest distinct calls only")
+    p.add_argument("--subset", action="store_true", help="only the calls the targets name (x >= 32 MB in bf16: the three largest)")
     p.add_argument("--details", type=Path, default=None,
                    help="also write every figure of the model and the SASS counts here")
     p.add_argument("--cuda-lib", type=Path, default=None,

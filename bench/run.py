@@ -17,8 +17,8 @@ and prints the report's path last. Sections:
   flare       fusionseg synth + fusionseg profile --per-case -- fusionseg predict, on synthetic
               cases, once per backend (reference and the fused ones)
 
-Default: the CPU op benchmark at 0.5 s per measurement, the static report for the two largest
-calls in bf16, two small FLARE cases; on a GPU the quick kernel sweep. --full: full timing
+Default: the CPU op benchmark at 0.5 s per measurement, the static report for the three
+calls with x >= 32 MB in bf16, two small FLARE cases; on a GPU the quick kernel sweep. --full: full timing
 budgets, the full GPU sweep (all shapes with torch.compile), the full static report and the
 paper's eight case sizes (512x512x{55,100,150,215,334,448,499,554}) in the FLARE profile (also
 --flare-sizes paper).
@@ -221,7 +221,7 @@ def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
         return None
     out = r.out / "raw" / "gpu_static.json"
     cmd = [py, str(script), "--json", str(out), "--quiet"]
-    if not args.full:  # the two largest calls in bf16 (the GPU training dtype); --full: every call and dtype
+    if not args.full:  # the calls with x >= 32 MB in bf16 (the GPU training dtype); --full: every call and dtype
         cmd += ["--subset", "--dtypes", "bf16"]
     r.run("gpu_static", cmd, timeout=None if args.full or not args.gpu_static_limit else args.gpu_static_limit)
     return load(out)

@@ -73,6 +73,9 @@ CONFORMANCE_CASES = (
     ConformanceCase("gc 40", (1, 163, 3, 4, 9), 40, small=False),
     ConformanceCase("tiles cut on every axis", (1, 5, 9, 9, 33), 1, dtype=torch.float64, bias=False),
     ConformanceCase("aligned rows, 2 tiles along W", (2, 16, 4, 8, 40), 2),
+    # W a multiple of 16 bytes: the CUDA kernels stage halo rows in 16-byte vectors
+    ConformanceCase("16-byte rows, 2 tiles along W", (1, 8, 3, 4, 40), 1),
+    ConformanceCase("bfloat16 16-byte rows", (2, 12, 3, 5, 16), 2, dtype=torch.bfloat16),
     ConformanceCase("long rows", (1, 16, 20, 21, 70), 2, small=False),
     ConformanceCase("straddles GPU tile edges", (2, 9, 17, 19, 33), 2, small=False),
     ConformanceCase("gc 10, thin W", (1, 41, 13, 5, 3), 10, small=False),

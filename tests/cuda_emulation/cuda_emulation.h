@@ -31,6 +31,12 @@
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
 struct EmuIndex {
   unsigned x = 0, y = 0, z = 0;
 };

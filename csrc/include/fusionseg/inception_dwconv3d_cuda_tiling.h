@@ -28,13 +28,14 @@ struct GroupTile {
   int bw = 1, bh = 1, bd = 1, active = 0;
   int td = 1, th = 1, tw = 1;
   int hd = 1, hh = 1, hw = 1;
+  int pitch = 1;            // shared-memory row stride of the halo tile (>= hw, see IdcLaunch)
   int nt_d = 0, nt_h = 0, nt_w = 0;
   int64_t tiles = 0;        // tiles per (n, channel)
   int64_t block_begin = 0;  // this group's blocks are [block_begin, block_end) of the grid
   int64_t block_end = 0;
   int64_t part_off = 0;     // offset of its weight-gradient partials (backward)
 
-  FUSIONSEG_HOST_DEVICE int64_t halo_elems() const { return int64_t(hd) * hh * hw; }
+  FUSIONSEG_HOST_DEVICE int64_t halo_elems() const { return int64_t(hd) * hh * pitch; }
   FUSIONSEG_HOST_DEVICE int64_t tile_elems() const { return int64_t(td) * th * tw; }
 };
 
@@ -47,6 +48,11 @@ struct IdcLaunch {
   int64_t id_blocks_per_n = 0;
   int64_t id_blocks = 0;         // = N * id_blocks_per_n
   bool id_vectorized = false;    // 16-byte loads/stores are aligned for every segment
+  // Halo tiles are staged with 16-byte loads: the tensors are 16-byte aligned and a row of W
+  // elements is a whole number of 16-byte vectors, so every vector lies wholly inside or
+  // outside the volume. A staged row then starts at the vector holding its first halo element
+  // ("lead" elements before it) and the row stride rounds up to whole vectors.
+  bool vec_halo = false;
   bool flip = false;             // use the kernels flipped (dx = conv(dy, flipped w))
   GroupTile g[kNumConvGroups];
   int64_t total_blocks = 0;
@@ -87,12 +93,20 @@ inline GroupTile make_group_tile(int kd, int kh, int kw, int axis, int r, int D,
   t.hd = t.td + kd - 1;
   t.hh = t.th + kh - 1;
   t.hw = t.tw + kw - 1;
+  t.pitch = t.hw;
   t.nt_d = ceil_div_int(D, t.td);
   t.nt_h = ceil_div_int(H, t.th);
   t.nt_w = ceil_div_int(W, t.tw);
   t.tiles = int64_t(t.nt_d) * t.nt_h * t.nt_w;
   return t;
 }
+
+// Elements before a halo row's first element in its first 16-byte vector of v elements, when
+// the tile starts at a multiple of v (tw % v == 0) and the halo reaches pw columns before it.
+FUSIONSEG_HOST_DEVICE inline int vector_lead(int w_begin, int v) { return ((w_begin % v) + v) % v; }
+
+// Shared-memory row stride of a halo row staged in vectors of v elements: whole vectors.
+inline int vector_pitch(int hw, int pw, int v) { return ceil_div_int(vector_lead(-pw, v) + hw, v) * v; }
 
 }  // namespace cuda_tiling
 }  // namespace fusionseg

@@ -37,6 +37,8 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -152,15 +154,18 @@ __device__ __forceinline__ TileOrigin decode_tile(const IdcLaunch& L, int g, int
   return o;
 }
 
-// sm[dd][hh][ww] = src[d0+dd][h0+hh][w0+ww] (0 outside the volume), as Acc. Rows of the
-// tile go to warps, lanes run along W (coalesced); each warp takes kRowsInFlight rows at once
-// so every thread has that many independent global loads in flight before it stores.
+// Staging of a halo tile: sm[dd][hh][lead + ww] = src[d0+dd][h0+hh][w0+ww] for dd < nd,
+// hh < nh, ww < nw (0 outside the volume), as Acc, rows `pitch` elements apart. Returns `lead`.
+//
+// Element-wise (any layout): rows go to warps, lanes run along W (coalesced); each warp takes
+// kRowsInFlight rows at once so every thread has that many independent loads in flight; lead 0.
 constexpr int kRowsInFlight = 4;
 
 template <typename T, typename Acc>
-__device__ __forceinline__ void load_tile(const T* __restrict__ src, Acc* __restrict__ sm, int d0,
-                                          int h0, int w0, int nd, int nh, int nw, int D, int H,
-                                          int W) {
+__device__ __forceinline__ void load_tile_elementwise(const T* __restrict__ src,
+                                                      Acc* __restrict__ sm, int d0, int h0,
+                                                      int w0, int nd, int nh, int nw, int pitch,
+                                                      int D, int H, int W) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int rows = nd * nh;
   for (int row0 = warp; row0 < rows; row0 += kWarps * kRowsInFlight) {
@@ -184,10 +189,104 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, Acc* __rest
 #pragma unroll
       for (int u = 0; u < kRowsInFlight; ++u) {
         const int row = row0 + u * kWarps;
-        if (row < rows) sm[row * nw + w] = v[u];
+        if (row < rows) sm[row * pitch + w] = v[u];
       }
     }
   }
+}
+
+// Converts one 16-byte vector of T to Acc and stores it at dst (aligned to the vector's size
+// in Acc) with 16-byte shared-memory stores.
+template <typename T, typename Acc>
+__device__ __forceinline__ void store_vector_as_acc(const uint4& bits, Acc* __restrict__ dst) {
+  constexpr int V = 16 / sizeof(T);
+  T vals[V];
+  memcpy(vals, &bits, 16);
+  if constexpr (sizeof(Acc) == 4) {
+    float4* d4 = reinterpret_cast<float4*>(dst);
+#pragma unroll
+    for (int k = 0; k < V / 4; ++k)
+      d4[k] = float4{static_cast<float>(vals[4 * k]), static_cast<float>(vals[4 * k + 1]),
+                     static_cast<float>(vals[4 * k + 2]), static_cast<float>(vals[4 * k + 3])};
+  } else {
+    static_assert(V == 2 && sizeof(Acc) == 8, "16-byte vectors of double");
+    *reinterpret_cast<double2*>(dst) =
+        double2{static_cast<double>(vals[0]), static_cast<double>(vals[1])};
+  }
+}
+
+// 16-byte vectors (IdcLaunch::vec_halo): the block's threads take the (row, vector) pairs of the
+// tile in turn, kVectorsInFlight each at once (all loads issued before the first store: 16 KB
+// in flight per block), so a tile of up to kThreads * kVectorsInFlight vectors arrives in one
+// round trip. A vector starting before the volume or past it is zeros. NS tiles of the same
+// geometry (the backward's dy and x) are staged together: their loads share the round trip.
+constexpr int kVectorsInFlight = 4;
+
+template <int NS, typename T, typename Acc>
+__device__ __forceinline__ int load_tiles_vectors(const T* __restrict__ src0,
+                                                  const T* __restrict__ src1,
+                                                  Acc* __restrict__ sm0, Acc* __restrict__ sm1,
+                                                  int d0, int h0, int w0, int nd, int nh, int nw,
+                                                  int pitch, int D, int H, int W) {
+  static_assert(NS == 1 || NS == 2, "one or two tiles");
+  constexpr int V = 16 / sizeof(T);
+  const int lead = vector_lead(w0, V);
+  const int a0 = w0 - lead;                   // a multiple of V, like W
+  const int nv = (lead + nw + V - 1) / V;     // vectors per row, nv * V <= pitch
+  const int items = nd * nh * nv;
+  for (int i0 = threadIdx.x; i0 < items; i0 += kThreads * kVectorsInFlight) {
+    uint4 buf[kVectorsInFlight][NS];
+#pragma unroll
+    for (int u = 0; u < kVectorsInFlight; ++u) {
+      const int i = i0 + u * kThreads;
+      const int row = i / nv, v = i - row * nv;
+      const int dd = row / nh, hh = row - dd * nh;
+      const int gd = d0 + dd, gh = h0 + hh, gw = a0 + v * V;
+      const bool inside = i < items && gd >= 0 && gd < D && gh >= 0 && gh < H && gw >= 0 && gw < W;
+      const int64_t off = (static_cast<int64_t>(gd) * H + gh) * W + gw;
+#pragma unroll
+      for (int k = 0; k < NS; ++k) {
+        buf[u][k] = uint4{0u, 0u, 0u, 0u};
+        if (inside) buf[u][k] = __ldg(reinterpret_cast<const uint4*>((k == 0 ? src0 : src1) + off));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kVectorsInFlight; ++u) {
+      const int i = i0 + u * kThreads;
+      const int row = i / nv, v = i - row * nv;
+      if (i < items) {
+#pragma unroll
+        for (int k = 0; k < NS; ++k)
+          store_vector_as_acc<T, Acc>(buf[u][k], (k == 0 ? sm0 : sm1) + row * pitch + v * V);
+      }
+    }
+  }
+  return lead;
+}
+
+template <typename T, typename Acc>
+__device__ __forceinline__ int load_tile(const T* __restrict__ src, Acc* __restrict__ sm, int d0,
+                                         int h0, int w0, int nd, int nh, int nw, int pitch,
+                                         bool vectors, int D, int H, int W) {
+  if (vectors)
+    return load_tiles_vectors<1, T, Acc>(src, nullptr, sm, nullptr, d0, h0, w0, nd, nh, nw, pitch, D,
+                                         H, W);
+  load_tile_elementwise(src, sm, d0, h0, w0, nd, nh, nw, pitch, D, H, W);
+  return 0;
+}
+
+// The backward's dy and x tiles (same geometry): together when staged in vectors.
+template <typename T, typename Acc>
+__device__ __forceinline__ int load_two_tiles(const T* __restrict__ src0,
+                                              const T* __restrict__ src1, Acc* __restrict__ sm0,
+                                              Acc* __restrict__ sm1, int d0, int h0, int w0,
+                                              int nd, int nh, int nw, int pitch, bool vectors,
+                                              int D, int H, int W) {
+  if (vectors)
+    return load_tiles_vectors<2>(src0, src1, sm0, sm1, d0, h0, w0, nd, nh, nw, pitch, D, H, W);
+  load_tile_elementwise(src0, sm0, d0, h0, w0, nd, nh, nw, pitch, D, H, W);
+  load_tile_elementwise(src1, sm1, d0, h0, w0, nd, nh, nw, pitch, D, H, W);
+  return 0;
 }
 
 // Copies this block's chunk of identity channels (contiguous per sample n).
@@ -283,8 +382,8 @@ __device__ __forceinline__ void conv_tile(const T* __restrict__ in, T* __restric
   const int kh = S::kStatic ? S::KH : G.kh;
   const int kw = S::kStatic ? S::KW : G.kw;
   const int kvol = kd * kh * kw;
-  load_tile(in + o.chan_offset, sm, o.d0 - kd / 2, o.h0 - kh / 2, o.w0 - kw / 2, G.hd, G.hh, G.hw,
-            L.D, L.H, L.W);
+  const int lead = load_tile(in + o.chan_offset, sm, o.d0 - kd / 2, o.h0 - kh / 2, o.w0 - kw / 2,
+                             G.hd, G.hh, G.hw, G.pitch, L.vec_halo, L.D, L.H, L.W);
   const T* __restrict__ wk = Wt.w[g] + o.j * kvol;
   const Acc bias = Wt.b[g] != nullptr ? static_cast<Acc>(Wt.b[g][o.j]) : Acc(0);
   __syncthreads();
@@ -292,8 +391,8 @@ __device__ __forceinline__ void conv_tile(const T* __restrict__ in, T* __restric
   if (t >= G.active) return;  // no barrier follows
   int od, oh, ow;
   thread_origin<S>(G, t, od, oh, ow);
-  const int sH = G.hw, sD = G.hh * G.hw;
-  const Acc* __restrict__ base = sm + od * sD + oh * sH + ow;
+  const int sH = G.pitch, sD = G.hh * G.pitch;
+  const Acc* __restrict__ base = sm + od * sD + oh * sH + ow + lead;
   Acc acc[S::R];
 #pragma unroll
   for (int r = 0; r < S::R; ++r) acc[r] = bias;
@@ -375,10 +474,9 @@ __device__ __forceinline__ void backward_tile(const T* __restrict__ dy, const T*
   Acc* __restrict__ sdy = sm;
   Acc* __restrict__ sx = sm + G.halo_elems();
   const int pd = S::KD / 2, ph = S::KH / 2, pw = S::KW / 2;
-  load_tile(dy + o.chan_offset, sdy, o.d0 - pd, o.h0 - ph, o.w0 - pw, G.hd, G.hh, G.hw, L.D, L.H,
-            L.W);
-  load_tile(x + o.chan_offset, sx, o.d0 - pd, o.h0 - ph, o.w0 - pw, G.hd, G.hh, G.hw, L.D, L.H,
-            L.W);
+  const int lead = load_two_tiles(dy + o.chan_offset, x + o.chan_offset, sdy, sx, o.d0 - pd,
+                                  o.h0 - ph, o.w0 - pw, G.hd, G.hh, G.hw, G.pitch, L.vec_halo,
+                                  L.D, L.H, L.W);
   const T* __restrict__ wk = Wt.w[g] + o.j * S::KVOL;
   Acc wr[S::KVOL];  // flipped
 #pragma unroll
@@ -392,9 +490,9 @@ __device__ __forceinline__ void backward_tile(const T* __restrict__ dy, const T*
   if (t < G.active) {
     int od, oh, ow;
     thread_origin<S>(G, t, od, oh, ow);
-    const int sH = G.hw, sD = G.hh * G.hw;
+    const int sH = G.pitch, sD = G.hh * G.pitch;
     const AxisStrides<S> st(sD, sH);
-    const int off = od * sD + oh * sH + ow;
+    const int off = od * sD + oh * sH + ow + lead;
     // dy at this thread's own outputs: the centre of the halo tile (0 outside the volume, so
     // out-of-range outputs add nothing to the weight gradients).
     Acc dyo[S::R];
@@ -438,8 +536,10 @@ __device__ __forceinline__ void backward_tile(const T* __restrict__ dy, const T*
 
 // ------------------------------------------------------------------ kernels
 // Forward (flip = false, in = x, biases) and dx of the generic path (flip = true, in = dy).
+// Four blocks per SM (64 registers): what the strips need; without it ptxas gave the generic
+// path's fp16/bf16 instances 48 registers and 124-156 bytes of spills.
 template <typename T, typename Acc, class S0, class S1, class S2, class S3>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     idc_conv_kernel(const T* __restrict__ in, T* __restrict__ out,
                     const __grid_constant__ IdcWeights<T> Wt, const __grid_constant__ IdcLaunch L) {
   FUSIONSEG_DYNAMIC_SMEM(smem_raw);
@@ -460,8 +560,10 @@ __global__ void __launch_bounds__(kThreads)
 
 // Fused backward for the released kernel sizes: dx (identity copy of dy, flipped convs) and
 // the weight/bias-gradient partials, in one pass over dy and x.
+// Two blocks per SM (up to 128 registers): the cube keeps 27 weights, 28 gradient sums and its
+// dy/x columns live at once; with ptxas's own register target (64-80) it spilled 48-56 bytes.
 template <typename T, typename Acc, class S0, class S1, class S2, class S3>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     idc_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
                         const __grid_constant__ IdcWeights<T> Wt, Acc* __restrict__ partials,
                         const __grid_constant__ IdcLaunch L) {
@@ -498,15 +600,16 @@ __global__ void __launch_bounds__(kThreads)
   Acc* __restrict__ sx = sm;
   Acc* __restrict__ sdy = sm + G.halo_elems();
   Acc* __restrict__ red = sdy + G.tile_elems();
-  load_tile(x + o.chan_offset, sx, o.d0 - kd / 2, o.h0 - kh / 2, o.w0 - kw / 2, G.hd, G.hh, G.hw,
-            L.D, L.H, L.W);
-  load_tile(dy + o.chan_offset, sdy, o.d0, o.h0, o.w0, G.td, G.th, G.tw, L.D, L.H, L.W);
+  const int lead = load_tile(x + o.chan_offset, sx, o.d0 - kd / 2, o.h0 - kh / 2, o.w0 - kw / 2,
+                             G.hd, G.hh, G.hw, G.pitch, L.vec_halo, L.D, L.H, L.W);
+  load_tile_elementwise(dy + o.chan_offset, sdy, o.d0, o.h0, o.w0, G.td, G.th, G.tw, G.tw, L.D,
+                        L.H, L.W);
   __syncthreads();
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const bool active = t < G.active;
   int od = 0, oh = 0, ow = 0;
   if (active) thread_origin<S>(G, t, od, oh, ow);
-  const int sH = G.hw, sD = G.hh * G.hw;
+  const int sH = G.pitch, sD = G.hh * G.pitch;
   Acc dyo[S::R];
   Acc bsum = 0;
 #pragma unroll
@@ -514,7 +617,7 @@ __global__ void __launch_bounds__(kThreads)
     dyo[r] = active ? sdy[((od + r) * G.th + oh) * G.tw + ow] : Acc(0);
     bsum += dyo[r];
   }
-  const Acc* __restrict__ base = sx + od * sD + oh * sH + ow;
+  const Acc* __restrict__ base = sx + od * sD + oh * sH + ow + lead;
   int tap = 0;
   for (int i = 0; i < kd; ++i)
     for (int j = 0; j < kh; ++j)
@@ -640,15 +743,23 @@ IdcLaunch plan_launch(const IdcConfig& cfg, int64_t N, int D, int H, int W, Mode
   L.W = W;
   L.DHW = int64_t(D) * H * W;
   const auto shapes = group_shapes(strips);
+  const int64_t V = 16 / static_cast<int64_t>(elem_size);
   const size_t limit = smem_limit();
   size_t smem = 0;
   bool fits = false;
   for (int budget = kThreads; budget >= 32 && !fits; budget /= 2) {
-    smem = 0;
+    // 16-byte staging also needs every tile to start on a vector: all blocks of a group then
+    // have the same lead, which the pitch is sized for
+    L.vec_halo = aligned16 && W % V == 0;
     for (int g = 0; g < kNumConvGroups; ++g) {
       const auto& k = cfg.kernel[g];
       L.g[g] = make_group_tile(int(k[0]), int(k[1]), int(k[2]), shapes[g].axis, shapes[g].r, D,
                                H, W, budget);
+      if (L.g[g].tw % V != 0) L.vec_halo = false;
+    }
+    smem = 0;
+    for (int g = 0; g < kNumConvGroups; ++g) {
+      if (L.vec_halo) L.g[g].pitch = vector_pitch(L.g[g].hw, int(cfg.kernel[g][2] / 2), int(V));
       if (cfg.gc > 0) smem = std::max(smem, group_smem_bytes(L.g[g], mode, acc_size));
     }
     fits = smem <= limit;
@@ -662,7 +773,6 @@ IdcLaunch plan_launch(const IdcConfig& cfg, int64_t N, int D, int H, int W, Mode
               "); use backend=\"triton\" or \"reference\" for such kernels");
   *smem_bytes = smem;
 
-  const int64_t V = 16 / static_cast<int64_t>(elem_size);
   L.id_chunk = 4 * kThreads * V;
   L.id_vectorized = aligned16 && (L.C * L.DHW * static_cast<int64_t>(elem_size)) % 16 == 0;
   if (mode != Mode::kWeightGradGeneric && cfg.identity > 0) {
@@ -727,8 +837,10 @@ void allow_smem(Kernel kernel, size_t smem) {
 #endif
 }
 
-bool is_aligned16(const void* a, const void* b) {
-  return reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+bool is_aligned16(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 // out = op(in): the forward (flip = false, with biases) or dx on the generic path (flip = true,
@@ -743,7 +855,7 @@ void launch_conv(const at::Tensor& in, at::Tensor& out, const IdcConfig& cfg,
   const bool strips = uses_strip_kernels(cfg);
   size_t smem = 0;
   IdcLaunch L = plan_launch(cfg, N, D, H, W, Mode::kConv, strips, sizeof(T), sizeof(Acc),
-                            is_aligned16(in.const_data_ptr(), out.const_data_ptr()), &smem);
+                            is_aligned16({in.const_data_ptr(), out.const_data_ptr()}), &smem);
   L.flip = flip;
   if (L.total_blocks == 0) return;
   IdcWeights<T> wt{};
@@ -782,7 +894,8 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
   at::Tensor partials;
   if (strips) {
     L = plan_launch(cfg, N, D, H, W, Mode::kBackwardFused, true, sizeof(T), sizeof(Acc),
-                    is_aligned16(dy.const_data_ptr(), dx.const_data_ptr()), &smem);
+                    is_aligned16({dy.const_data_ptr(), x.const_data_ptr(), dx.const_data_ptr()}),
+                    &smem);
     L.flip = true;
     IdcWeights<T> wt{};
     const auto keep = weights_in_dtype<T>(weights, no_bias, &wt);
@@ -796,7 +909,7 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
   } else {
     launch_conv<T>(dy, dx, cfg, weights, no_bias, /*flip=*/true);
     L = plan_launch(cfg, N, D, H, W, Mode::kWeightGradGeneric, false, sizeof(T), sizeof(Acc),
-                    false, &smem);
+                    is_aligned16({x.const_data_ptr()}), &smem);
     partials = at::empty({partials_size(L)}, x.options().dtype(acc_dtype));
     auto kernel = idc_weight_grad_generic_kernel<T, Acc>;
     allow_smem(kernel, smem);
