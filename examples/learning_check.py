@@ -50,15 +50,16 @@ training each. "train" is the same DSC on 6 of the training phantoms.
   200             6e-3   16 64 64         2168          0.487             0.243        0.331
   200             6e-3   16 48 48         3661          0.170             0.106        0.227
 
-(* --threads 1, on a machine loaded by other jobs. FLARE-style scores of the 6e-3, 16 64 64 row by `fusionseg evaluate`: mean DSC 0.243, mean NSD 0.194;
-the lesion-free case scores 0 once anything is predicted in it.)
+(* --threads 1, on a machine loaded by other jobs.) FLARE-style scores of the 6e-3, 16 64 64 row
+by `fusionseg evaluate`: mean DSC 0.243, mean NSD 0.194 (the lesion-free case scores 0 once
+anything is predicted in it).
 
 The target (lesion DSC >= 0.7 on held-out phantoms within ten minutes) was NOT reached. With 16
 training phantoms the network fitted their lesions (training loss down to -0.7) and found almost
 nothing in new ones; 200 phantoms (generated in 32 s, cached) removed that gap (training and
 held-out DSC alike) and raised the held-out DSC from 0.05 to 0.45-0.49. The loss was still
-falling at the end of the 6e-3 run; smaller patches (16 x 48 x 48: 1.7x the
-iterations, less context) did worse. What it misses are the smallest lesions (a few voxels at
+falling at the end of the 6e-3 run; smaller patches (16 x 48 x 48: 1.7x the iterations, less
+context) did worse. What it misses are the smallest lesions (a few voxels at
 this resolution, 8-30 HU contrast in 10-20 HU noise): the two cases with 95 and 118 lesion
 voxels score 0, the one with 515 scores 0.80.
 """
@@ -163,6 +164,11 @@ def dice(pred, gt):
     return tp, fp, fn
 
 
+def global_dsc(tp, fp, fn):
+    """2 TP / (2 TP + FP + FN) over all voxels counted; None when there is nothing to count."""
+    return round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None
+
+
 def write_nifti(array, spacing, path):
     import SimpleITK as sitk
 
@@ -234,9 +240,6 @@ def main(argv=None):
                      "dsc": round(case_dsc, 4)})
         write_nifti(label, args.spacing, args.out / "gt" / f"case_{seed}.nii.gz")
         write_nifti(pred, args.spacing, args.out / "pred" / f"case_{seed}.nii.gz")
-    def global_dsc(tp, fp, fn):
-        return round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None
-
     result = {
         "global_dsc": global_dsc(*total),
         "global_dsc_training_cases": global_dsc(*train_total),
