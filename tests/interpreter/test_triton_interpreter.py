@@ -189,8 +189,12 @@ if given is not None:
 
 def test_partials_rows_unused_by_the_running_config_are_zeroed():
     """The autotuner runs several configs on one partials buffer, sized for the config with the
-    most tiles: a config with fewer tiles must zero the rows it does not own. Pre-fill the buffer
-    with NaN, size it for a small-tile config, run the (large-tile) interpreter config."""
+    most tiles: a config with fewer tiles must zero the rows it does not own; and the strip
+    groups' slots past their bias are never written, so the second stage must not read them.
+    Pre-fill the buffer with signaling NaNs (what uninitialised memory may hold: numpy warns on
+    any arithmetic with one, which this module makes an error, while a quiet NaN in a discarded
+    sum would pass silently), size it for a small-tile config, run the (large-tile) interpreter
+    config."""
     import triton
 
     x = make_input((2, 9, 5, 6, 7), dtype=torch.float32)
@@ -204,7 +208,7 @@ def test_partials_rows_unused_by_the_running_config_are_zeroed():
         gy, x, gx, weights, [cfg, small])
     # (conv channels, taps + 1, N * max tiles): the small config's 3 x 3 x 2 tiles
     assert partials.shape == (8, 28, 2 * 3 * 3 * 2)
-    partials.fill_(float("nan"))
+    partials.view(torch.int32).fill_(0x7F800001)  # a signaling NaN's bits
     triton_impl._idc_backward_kernel.fn[grid](*bargs, **kwargs, **cfg.all_kwargs())
     grid, wargs, wkw, grad_w, grad_b = triton_impl._weight_grad_launch_args(partials, weights)
     triton_impl._idc_weight_grad_kernel[grid](*wargs, **wkw)

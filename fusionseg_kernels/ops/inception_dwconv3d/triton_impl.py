@@ -492,15 +492,18 @@ def _idc_weight_grad_kernel(part_ptr, gw0, gw1, gw2, gw3, gb0, gb1, gb2, gb3, GC
     """Second stage of dW/db: program (cc, slot) sums one column of partials (every sample and
     tile of conv channel cc) in a fixed order and writes that weight tap (or bias) gradient in
     the weights' dtype. 4*gc*part_stride programs (a few per SM); each column is contiguous.
-    Deterministic: no atomics, the same order every run."""
+    Deterministic: no atomics, the same order every run. Columns past a group's bias slot
+    (slot > T of a strip group, whose T is under the cube's) were never written: not read."""
     pid = tl.program_id(0)
     cc = pid // part_stride
     slot = pid % part_stride
     g = cc // GC
     ch = cc % GC
+    taps = tl.where(g == 0, T0, tl.where(g == 1, T1, tl.where(g == 2, T2, T3)))
+    column_rows = tl.where(slot <= taps, rows, 0)
     base = part_ptr + pid.to(tl.int64) * rows
     acc = tl.zeros([ROWS_BLOCK], dtype=part_ptr.dtype.element_ty)
-    for r0 in range(0, rows, ROWS_BLOCK):
+    for r0 in range(0, column_rows, ROWS_BLOCK):
         r = r0 + tl.arange(0, ROWS_BLOCK)
         acc += tl.load(base + r, mask=r < rows, other=0.0)
     total = tl.sum(acc, axis=0)
@@ -605,7 +608,8 @@ def _backward_launch_args(grad_y, x, grad_x, weights, configs):
     mine = _prune_configs(configs, {"W": W}) if configs is CONFIGS else configs
     max_tiles = max(_n_tiles(D, H, W, cfg.kwargs) for cfg in mine)
     part_stride = t_max + 1  # a group with T taps fills slots 0..T-1 (dW) and T (db)
-    # Every element is written by the kernel (a partial or an explicit zero): no memset needed.
+    # Every element the second stage reads is written by the kernel (a partial or an explicit
+    # zero): no memset needed. Slots past a strip group's bias stay unwritten and unread.
     # Slot-major: the second stage reads one contiguous column per (channel, slot).
     partials = torch.empty((4 * gc, part_stride, N * max_tiles), dtype=table.dtype,
                            device=x.device)
