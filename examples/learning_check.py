@@ -52,13 +52,14 @@ the training phantoms. Global DSC throughout.
   200             6e-3  16 48 48    10        3661       0.170          -       0.227
   200 **          6e-3  16 64 64    10        2048       0.430        0.467     0.298
   200             6e-3  16 64 64    30        6430       0.573        0.543     0.659
+  200 (defaults)  6e-3  16 64 64    10        2206         -          0.489     0.228
 
 (* --threads 1, on a machine loaded by other jobs. ** with deep supervision (nnU-Net's loss
 weights over the four heads) and a 5 % linear warm-up, made with a variant of this script (not an
-option here): no better. The last two rows were run with mid-training evaluations, whose time was
-not counted in the budget.) FLARE-style scores of the
-fourth row by `fusionseg evaluate`: mean DSC 0.243, mean NSD 0.194 (a lesion-free case scores 0
-once anything is predicted in it).
+option here): no better. The ** and 30-minute rows were run with mid-training evaluations, whose time was
+not counted in the budget.) FLARE-style scores by `fusionseg evaluate`: fourth row (6 cases)
+mean DSC 0.243, mean NSD 0.194; last row, the script's defaults at commit b1aa227 (24 cases),
+mean DSC 0.301, mean NSD 0.252 (a lesion-free case scores 0 once anything is predicted in it).
 
 The target (lesion DSC >= 0.7 on held-out phantoms within ten minutes) was NOT reached, and the
 30-minute run shows it is not a matter of a few more minutes: three times the iterations raised
