@@ -65,7 +65,7 @@ The target (lesion DSC >= 0.7 on held-out phantoms within ten minutes) was NOT r
 30-minute run shows it is not a matter of a few more minutes: three times the iterations raised
 the 24-case DSC from 0.47-0.51 to 0.54. What limits it is the phantoms' small lesions (a few voxels
 at this resolution, 8-30 HU contrast in 10-20 HU correlated noise). Per lesion, after the 30-minute
-run: 7 of 7 lesions of 300 voxels or more were found, 4 of 6 of 100-299, 6 of 13 of 20-99 and 4 of
+run (connected components, counted once outside this script): 7 of 7 lesions of 300 voxels or more were found, 4 of 6 of 100-299, 6 of 13 of 20-99 and 4 of
 14 under 20. With 16 training phantoms the network fitted their lesions and found almost nothing
 in new ones; 200 phantoms (generated in 32 s, cached) removed that gap.
 """
