@@ -1,0 +1,74 @@
+"""The learning-check example, run for a few iterations on tiny phantoms: its outputs exist and
+agree with one another, and the model folder it writes gives back its own predictions when read
+the way `fusionseg predict` and nnU-Net read it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "learning_check.py"
+TINY = ["--train-cases", "2", "--test-cases", "2", "--train-eval-cases", "1", "--size", "48", "64", "64",
+        "--spacing", "13.3", "6.4", "6.4", "--patch", "8", "32", "32", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def learning_check():
+    spec = importlib.util.spec_from_file_location("learning_check", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(learning_check, tmp_path_factory):
+    out = tmp_path_factory.mktemp("learning_check")
+    threads = torch.get_num_threads()
+    try:
+        assert learning_check.main(TINY + ["--iterations", "3", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out, json.loads((out / "result.json").read_text())
+
+
+def test_result_counts_the_iterations_asked_for_and_scores_every_held_out_case(run):
+    out, result = run
+    assert result["iterations"] == 3
+    assert len(result["loss_per_25_iterations"]) == 1
+    assert [c["seed"] for c in result["cases"]] == [2000, 2001]
+    for sub, suffix in (("images", "_0000.nii.gz"), ("gt", ".nii.gz"), ("pred", ".nii.gz")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"case_{s}{suffix}" for s in (2000, 2001)]
+    assert 0 < result["informed_threshold_global_dsc"] <= 1
+
+
+def test_model_folder_reproduces_the_examples_predictions(run, learning_check):
+    """Read back as inference reads it (nnU-Net's CT normalization with the folder's intensity
+    properties, the network the plans describe, the checkpoint's weights), the model predicts
+    exactly the masks the example wrote."""
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
+
+    from fusionseg_kernels.inference import load_model_folder
+
+    out, _ = run
+    bundle = load_model_folder(out / "model", backend="cpu")
+    assert tuple(bundle.configuration["patch_size"]) == (8, 32, 32)
+    props = bundle.plans["foreground_intensity_properties_per_channel"]["0"]
+    net = bundle.network.eval()
+    for seed in (2000, 2001):
+        hu = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "images" / f"case_{seed}_0000.nii.gz")))
+        image = CTNormalization(use_mask_for_norm=False, intensityproperties=props).run(hu.astype(np.float32))
+        np.testing.assert_allclose(image, learning_check.normalize(hu), rtol=0, atol=1e-6)
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "pred" / f"case_{seed}.nii.gz")))
+        np.testing.assert_array_equal(learning_check.predict(net, learning_check.normalize(hu), (8, 32, 32)), written)
+
+
+def test_iterations_must_be_positive(learning_check, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        learning_check.main(TINY + ["--iterations", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
