@@ -1,6 +1,6 @@
 """The learning-check example, run for a few iterations on tiny phantoms: its outputs exist and
-agree with one another, and the model folder it writes gives back its own predictions when read
-the way `fusionseg predict` and nnU-Net read it."""
+agree with one another, and the model folder it writes (read with the package's model-folder
+reader and nnU-Net's CT normalization) gives back the example's own predictions."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
+pytest.importorskip("nnunetv2", reason="the example trains with nnU-Net's loss (pip install -e .[exact])")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "learning_check.py"
 TINY = ["--train-cases", "2", "--test-cases", "2", "--train-eval-cases", "1", "--size", "48", "64", "64",
@@ -57,18 +59,30 @@ def test_model_folder_reproduces_the_examples_predictions(run, learning_check):
     out, _ = run
     bundle = load_model_folder(out / "model", backend="cpu")
     assert tuple(bundle.configuration["patch_size"]) == (8, 32, 32)
+    assert tuple(bundle.configuration["spacing"]) == (13.3, 6.4, 6.4)
+    assert bundle.mirroring_axes == (2,)       # trained with flips along x only
     props = bundle.plans["foreground_intensity_properties_per_channel"]["0"]
     net = bundle.network.eval()
+    classes = set()
     for seed in (2000, 2001):
         hu = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "images" / f"case_{seed}_0000.nii.gz")))
         image = CTNormalization(use_mask_for_norm=False, intensityproperties=props).run(hu.astype(np.float32))
         np.testing.assert_allclose(image, learning_check.normalize(hu), rtol=0, atol=1e-6)
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "pred" / f"case_{seed}.nii.gz")))
         np.testing.assert_array_equal(learning_check.predict(net, learning_check.normalize(hu), (8, 32, 32)), written)
+        classes |= set(np.unique(written).tolist())
+    assert classes == {0, 1}, "an all-background mask would not tell trained weights from others"
 
 
-def test_iterations_must_be_positive(learning_check, tmp_path, capsys):
+def test_iterations_replace_minutes_in_the_recorded_settings(run):
+    _, result = run
+    assert "minutes" not in result["settings"] and result["settings"]["iterations"] == 3
+
+
+@pytest.mark.parametrize("option, value, kind", [("--iterations", "0", "integer"), ("--minutes", "nan", "number"),
+                                                 ("--lr", "inf", "number"), ("--test-cases", "-1", "integer")])
+def test_counts_and_rates_must_be_positive_and_finite(learning_check, tmp_path, capsys, option, value, kind):
     with pytest.raises(SystemExit) as exc:
-        learning_check.main(TINY + ["--iterations", "0", "--out", str(tmp_path)])
+        learning_check.main(TINY + [option, value, "--out", str(tmp_path)])
     assert exc.value.code == 2
-    assert "must be a positive integer" in capsys.readouterr().err
+    assert f"must be a positive {kind}" in capsys.readouterr().err
