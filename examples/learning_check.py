@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -130,7 +131,20 @@ def parse_args(argv=None):
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the informed-threshold baseline (about 15 s for 24 held-out cases)")
     p.add_argument("--out", type=Path, default=Path("/tmp/fusionseg_learning_check"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if any(a > b for a, b in zip(args.patch, args.size)):
+        p.error(f"--patch {' '.join(map(str, args.patch))} must fit in --size {' '.join(map(str, args.size))}")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
+    from fusionseg_kernels.models import DualBranchUNet
+
+    with torch.device("meta"):   # the network's own rule for patch sizes (divisible by its strides)
+        net = DualBranchUNet(features_per_stage=args.features)
+    try:
+        net.check_input(torch.empty(1, 1, *args.patch, device="meta"))
+    except ValueError as err:
+        p.error(f"--patch {' '.join(map(str, args.patch))} does not fit the network: {err}")
+    return args
 
 
 #: intensity window and scaling of the network's input: clip to HU_WINDOW, then (HU - HU_CENTER) / HU_SCALE.
@@ -145,8 +159,12 @@ def normalize(hu: np.ndarray) -> np.ndarray:
 def abdominal_box(tissue: np.ndarray, patch, margin=(2, 8, 8)):
     """Slices of the box around liver, spleen and kidneys, at least one patch large."""
     from fusionseg_kernels.data.synth import TISSUES
+    from fusionseg_kernels.errors import ParameterError
 
     organs = np.isin(tissue, [TISSUES["liver"], TISSUES["spleen"], TISSUES["kidney"]])
+    if not organs.any():
+        raise ParameterError(f"a phantom of {tissue.shape[0]} x {tissue.shape[1]} x {tissue.shape[2]} voxels "
+                             "shows no liver, spleen or kidney; use a larger --size")
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
@@ -292,12 +310,17 @@ def main(argv=None):
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from fusionseg_kernels import atomic
+    from fusionseg_kernels.errors import ParameterError
     from fusionseg_kernels.models import DualBranchUNet
 
     t0 = time.perf_counter()
     cache = args.out / "cache"
-    train = make_cases(range(1000, 1000 + args.train_cases), args.size, args.spacing, args.patch, cache)
-    test = make_cases(range(2000, 2000 + args.test_cases), args.size, args.spacing, args.patch, cache)
+    try:
+        train = make_cases(range(1000, 1000 + args.train_cases), args.size, args.spacing, args.patch, cache)
+        test = make_cases(range(2000, 2000 + args.test_cases), args.size, args.spacing, args.patch, cache)
+    except (ParameterError, OSError) as err:   # sizes the generator refuses, an unwritable --out
+        print(f"learning_check: {err}", file=sys.stderr)
+        return 1
     t_data = time.perf_counter() - t0
     print(f"data: {len(train)} training and {len(test)} held-out boxes in {t_data:.0f} s; "
           f"box sizes {[c[1].shape for c in test]}", flush=True)

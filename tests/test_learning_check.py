@@ -19,6 +19,14 @@ TINY = ["--train-cases", "2", "--test-cases", "2", "--train-eval-cases", "1", "-
         "--spacing", "13.3", "6.4", "6.4", "--patch", "8", "32", "32", "--threads", "1"]
 
 
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """main() sets torch's thread count (--threads); later tests keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def learning_check():
     spec = importlib.util.spec_from_file_location("learning_check", EXAMPLE)
@@ -86,3 +94,32 @@ def test_counts_and_rates_must_be_positive_and_finite(learning_check, tmp_path, 
         learning_check.main(TINY + [option, value, "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert f"must be a positive {kind}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--patch", "64", "64", "64"], "must fit in --size"),
+    (["--patch", "15", "32", "32"], "does not fit the network"),
+])
+def test_patches_the_data_or_the_network_cannot_take_are_refused(learning_check, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        learning_check.main(TINY + extra + ["--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_out_path_that_is_or_lies_under_a_file_is_refused_in_one_line(learning_check, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        learning_check.main(TINY + ["--out", str(afile)])
+    assert exc.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert learning_check.main(TINY + ["--iterations", "1", "--out", str(afile / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("learning_check: ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_phantom_without_abdominal_organs_is_refused(learning_check):
+    from fusionseg_kernels.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="no liver, spleen or kidney"):
+        learning_check.abdominal_box(np.zeros((4, 4, 4), np.uint8), (1, 1, 1))
