@@ -1,6 +1,7 @@
 // The fusionseg operator library: schemas (defined once), argument checks and build
 // information. Device kernels live in cpu/ and cuda/.
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <torch/library.h>
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
@@ -9,8 +10,10 @@
 #endif
 
 #include <cstdlib>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "fusionseg/inception_dwconv3d.h"
 
@@ -35,6 +38,41 @@ bool poison_outputs_enabled() {
     return v != nullptr && std::string(v) == "1";
   }();
   return enabled;
+}
+
+void poison(at::Tensor& t) {
+  if (poison_outputs_enabled()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+// The rule, for both backends: the output is laid out exactly as at::empty_like(like) (memory
+// format Preserve) would be, because that is what the fake/meta kernel
+// (fusionseg_kernels/ops/inception_dwconv3d/registration.py) returns and torch.compile, opcheck
+// and the tests compare real strides against it. empty_like keeps like's strides when like is
+// non-overlapping and dense (contiguous, channels_last_3d, any permuted dense layout); for
+// other strided tensors (slices, expanded views) it infers dense strides in like's dimension
+// order (at::infer_dense_strides; aten/src/ATen/native/TensorFactories.cpp). The result is
+// returned as is only when its dtype and its strides are already exactly those; otherwise it is
+// copied (and converted, e.g. the CPU kernels compute float16/bfloat16 in float) into
+// empty_like(like). Comparing strides, rather than asking like.is_contiguous() (the old CPU
+// rule) or like.suggest_memory_format() (the old CUDA rule), is exact also for size-1 and empty
+// dimensions and for non-dense inputs whose dimension order is neither contiguous nor
+// channels-last, and it still skips the copy for a sliced contiguous-order input.
+at::Tensor match_layout(const at::Tensor& contiguous_result, const at::Tensor& like) {
+  TORCH_INTERNAL_ASSERT(contiguous_result.sizes() == like.sizes() &&
+                        contiguous_result.device() == like.device());
+  bool same = false;
+  if (contiguous_result.scalar_type() == like.scalar_type()) {
+    if (like.is_non_overlapping_and_dense()) {
+      same = contiguous_result.strides() == like.strides();
+    } else {
+      const std::vector<int64_t> dense = at::infer_dense_strides(like.sizes(), like.strides());
+      same = contiguous_result.strides() == at::IntArrayRef(dense);
+    }
+  }
+  if (same) return contiguous_result;
+  at::Tensor out = at::empty_like(like);
+  out.copy_(contiguous_result);
+  return out;
 }
 
 // The four dtypes the op computes in.
@@ -169,6 +207,9 @@ TORCH_LIBRARY(fusionseg, m) {
       "Tensor w_weight, Tensor h_weight, Tensor d_weight) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &fusionseg::build_info_json);
+  // Test diagnostics: how many CPU kernel passes chose non-temporal (streaming) stores. The
+  // kernel is registered by the CPU backend (cpu/inception_dwconv3d_kernel.cpp).
+  m.def("cpu_streaming_store_passes() -> int");
 }
 
 // The autocast rule (CPU and CUDA) is registered from Python, for this op pair and the Triton

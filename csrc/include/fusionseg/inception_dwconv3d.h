@@ -50,4 +50,13 @@ IdcConfig check_inception_dwconv3d_args(const at::Tensor& x,
 // so tests catch elements a kernel forgot to write.
 bool poison_outputs_enabled();
 
+// NaN-fills t when poison_outputs_enabled(); for a kernel's freshly allocated outputs.
+void poison(at::Tensor& t);
+
+// Returns a kernel's result laid out like the op's input `like`: the dtype and exactly the
+// strides of at::empty_like(like) (what the Python fake/meta kernel returns), copying
+// `contiguous_result` into a new tensor only when it does not already have them. Shared by the
+// CPU and CUDA kernels (defined in ops/inception_dwconv3d.cpp), so both follow one rule.
+at::Tensor match_layout(const at::Tensor& contiguous_result, const at::Tensor& like);
+
 }  // namespace fusionseg

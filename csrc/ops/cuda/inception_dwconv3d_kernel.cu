@@ -927,23 +927,8 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
 }
 
 // ------------------------------------------------------------------ op entry points
-void poison(at::Tensor& t) {
-  if (poison_outputs_enabled()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-}
-
-// Returns the result laid out like `like` (empty_like's rule), from the contiguous result.
-at::Tensor match_layout(const at::Tensor& contiguous_result, const at::Tensor& like) {
-  // empty_like(like) keeps like's strides when like is dense and non-overlapping, else it is
-  // laid out in like's suggested memory format: decided without allocating anything
-  const bool preserve_is_contiguous =
-      like.is_non_overlapping_and_dense()
-          ? like.is_contiguous()
-          : like.suggest_memory_format() == at::MemoryFormat::Contiguous;
-  if (preserve_is_contiguous) return contiguous_result;
-  at::Tensor out = at::empty_like(like);
-  out.copy_(contiguous_result);
-  return out;
-}
+// poison() and match_layout() (the output laid out like empty_like(x)) are shared with the CPU
+// kernels: fusionseg/inception_dwconv3d.h, defined in ops/inception_dwconv3d.cpp.
 
 #ifdef FUSIONSEG_CUDA_EMULATION
 #define FUSIONSEG_DEVICE_GUARD(x) (void)0
