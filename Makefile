@@ -37,7 +37,7 @@ test-fast: build
 	$(PY) -m pytest tests --ignore=tests/interpreter -q -x -m "not slow"
 
 # Benchmarks. `make bench`: every benchmark this machine can run, then one report in
-# reports/<UTC time>-<device>/ (its path printed last); BENCH_ARGS are bench/run.py's options
+# reports/<UTC time>-<device>/ (its path printed last); BENCH_ARGS are `python -m bench.run`'s options
 # (--full: full GPU sweep and the paper's case sizes). The trend suite (pytest-benchmark) stores
 # runs in BENCH_STORAGE; bench-compare fails when a benchmark's min time is > 10 % above BASELINE
 # (a stored run's number; default: the latest stored run).
@@ -48,10 +48,10 @@ BENCH_SUITE := $(PY) -m pytest bench/benchmarks --benchmark-only -p no:cacheprov
 	--benchmark-storage=file://$(abspath $(BENCH_STORAGE)) --benchmark-json=reports/benchmark.json
 
 bench: build
-	$(RETAIN_MALLOC) $(PY) bench/run.py $(BENCH_ARGS)
+	$(RETAIN_MALLOC) $(PY) -m bench.run $(BENCH_ARGS)
 
 bench-cpu: build
-	$(RETAIN_MALLOC) $(PY) bench/bench_cpu_op.py
+	$(RETAIN_MALLOC) $(PY) -m bench.bench_cpu_op
 
 bench-trend: build
 	@mkdir -p reports

@@ -11,7 +11,7 @@ cache; calls that fit are marked cache-resident (a warm repeat runs from cache, 
 of a memory copy means nothing). Also recorded: a copy on the call's own size and x.clone()
 (allocate, read, write: the least an out-of-place op costs).
 
-    python bench/bench_cpu_op.py [--threads 2] [--quick] [--smoke] [--providers reference cpu compile]
+    python -m bench.bench_cpu_op [--threads 2] [--quick] [--smoke] [--providers reference cpu compile]
                                  [--budget S] [--out FILE]
 
 Results: FILE (JSON) and FILE with .md; by default bench/results/local/cpu_op_<UTC time>.json.
@@ -26,9 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (cache_resident, default_out, dram_copy_bandwidth, environment, geomean,  # noqa: E402
-                    median_time, network_layer_calls, op_arguments, write_atomic, write_json)
+from bench.harness import (cache_resident, default_out, dram_copy_bandwidth, environment, geomean,
+                    median_time, network_layer_calls, write_atomic, write_json)
 
 PROVIDERS = ("reference", "cpu", "compile")
 ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}
@@ -87,8 +86,10 @@ def provider_fn(name):
 def bench_layer(shape, gc, providers, budget_s, dram_copy):
     import torch
 
+    from fusionseg_kernels.testing import make_op_args
+
     x = torch.randn(shape)
-    args = op_arguments(shape[1], gc)
+    args = make_op_args(shape[1], gc, dtype=torch.float32)
     xg = x.clone().requires_grad_(True)
     args_g = [a.detach().clone().requires_grad_(True) for a in args]
     grad_y = torch.randn(shape)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         providers.remove("cpu")
     torch.set_num_threads(args.threads)
-    calls = network_layer_calls("dual_branch", batch=1, scale=16 if args.smoke else 1)
+    calls = network_layer_calls(batch=1, scale=16 if args.smoke else 1)
     budget = 0.02 if args.smoke else 0.3 if args.quick else args.budget
     if args.quick:
         calls = [c for c in calls if c[0][2] <= 48][:4]

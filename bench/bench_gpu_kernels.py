@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Kernel sweep of inception_dwconv3d over the released network's 28 layer shapes.
 
-    python3 bench/bench_gpu_kernels.py                       # GPU: full sweep, JSON in bench/results/
-    python3 bench/bench_gpu_kernels.py --quick --compile-shapes 2      # what bench/gpu_check.sh runs
-    python3 bench/bench_gpu_kernels.py --precompile --jobs 12          # warm Triton's cache in parallel
-    python3 bench/bench_gpu_kernels.py --smoke               # CPU dry run: tiny shapes, same code paths
-    python3 bench/bench_gpu_kernels.py --write-gpu-table RESULT.json --passed triton cuda
+    python3 -m bench.bench_gpu_kernels                       # GPU: full sweep, JSON in bench/results/
+    python3 -m bench.bench_gpu_kernels --quick --compile-shapes 2      # what bench/gpu_check.sh runs
+    python3 -m bench.bench_gpu_kernels --precompile --jobs 12          # warm Triton's cache in parallel
+    python3 -m bench.bench_gpu_kernels --smoke               # CPU dry run: tiny shapes, same code paths
+    python3 -m bench.bench_gpu_kernels --write-gpu-table RESULT.json --passed triton cuda
 
 Shapes: tests/data/idc_layer_shapes.json (28 calls, batch 1) at batch 2 of the 96x128x128 training
 patch; each distinct shape is timed once and weighted by its number of calls in the aggregates.
@@ -28,25 +28,21 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from bench.harness import ROOT, environment, network_layer_calls, write_json
+from fusionseg_kernels import inception_dwconv3d, inception_dwconv3d_reference
+from fusionseg_kernels.ops.inception_dwconv3d.dispatch import GPU_TABLE_PATH
+from fusionseg_kernels.testing import make_input, make_op_args
 
-from fusionseg_kernels import inception_dwconv3d, inception_dwconv3d_reference  # noqa: E402
-
-SHAPES_FILE = ROOT / "tests" / "data" / "idc_layer_shapes.json"
 RESULTS_DIR = ROOT / "bench" / "results"
-GPU_TABLE = ROOT / "fusionseg_kernels" / "ops" / "inception_dwconv3d" / "gpu_table.json"
+GPU_TABLE = GPU_TABLE_PATH
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STRIP_KERNELS = ((3, 3, 3), (1, 1, 11), (1, 11, 1), (11, 1, 1))
 ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}  # bytes moved / |x| (docs/op.md)
 # Relative L2 error vs the reference in the same dtype above which a result is flagged.
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -55,49 +51,33 @@ CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-
 # ------------------------------------------------------------------------------- shapes
 
 def layer_shapes(batch: int, scale: int = 1):
-    """[(shape, gc, calls)] of the distinct layer shapes, largest first (spatial dims / scale)."""
-    entries = json.loads(SHAPES_FILE.read_text())["dual_branch"]
-    counts: dict = {}
-    for e in entries:
-        n, c, d, h, w = e["shape_ncdhw"]
-        shape = (batch, c, max(1, d // scale), max(1, h // scale), max(1, w // scale))
-        key = (shape, e["split"][1])
-        counts[key] = counts.get(key, 0) + 1
-    assert sum(counts.values()) == len(entries) == 28
-    return sorted(((s, gc, k) for (s, gc), k in counts.items()), key=lambda t: -math.prod(t[0]))
+    """[(shape, gc, calls)] of the network's distinct InceptionDWConv3d calls, largest first."""
+    return network_layer_calls(batch=batch, scale=scale)
 
 
 def make_args(shape, gc, dtype, device, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
-    args = []
-    for k in STRIP_KERNELS:
-        w = torch.randn(gc, 1, *k, generator=gen) / math.prod(k) ** 0.5
-        b = torch.randn(gc, generator=gen)
-        args += [w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)]
-    gy = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
-    return x, args, gy
+    """(x, the op's eight weight/bias arguments, grad_y) of one call."""
+    x = make_input(shape, dtype=dtype, device=device, seed=seed)
+    return x, make_op_args(shape[1], gc, dtype=dtype, device=device, seed=seed), \
+        make_input(shape, dtype=dtype, device=device, seed=seed + 7)
 
 
 # ------------------------------------------------------------------------------- providers
 
 def available_providers(device: str, requested):
-    from fusionseg_kernels._extension import has_cuda_kernels
-    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import triton_status
+    """(providers to time, {skipped provider: why}): reference, torch.compile(reference) and every
+    fused backend that runs here (triton on CPU tensors only under TRITON_INTERPRET=1, the
+    --smoke dry run)."""
+    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import available_backends, can_run
 
-    names = ["reference", "compile"]
+    names = ["reference", "compile"] + available_backends(device, fused_only=True)
     skipped = {}
-    ok, why = triton_status()
-    if ok and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
-        names.append("triton")
-    else:
-        skipped["triton"] = why or "triton runs on CUDA tensors (or with TRITON_INTERPRET=1)"
-    if device == "cuda" and has_cuda_kernels():
-        names.append("cuda")
-    else:
-        skipped["cuda"] = "the extension has no CUDA kernels" if device == "cuda" else "CPU run"
-    if device == "cpu":
-        names.append("cpu")
+    for backend in ("triton", "cuda"):
+        ok, why = can_run(backend, device)
+        if ok and backend not in names:
+            names.append(backend)
+        elif not ok:
+            skipped[backend] = why
     if requested:
         names = [n for n in names if n in requested]
     return names, skipped
@@ -151,7 +131,6 @@ def copy_bandwidth(device, quick):
     src = torch.empty(n, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), device, quick)
-    del src, dst
     return 2 * n * 4 / (ms * 1e-3), ms
 
 
@@ -186,33 +165,10 @@ def check(out, ref, dtype):
 # ------------------------------------------------------------------------------- sweep
 
 def metadata(device):
-    info = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "commit": os.environ.get("FUSIONSEG_COMMIT") or _git_commit(),
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "allocator_env": {k: os.environ.get(k) for k in ("PYTORCH_CUDA_ALLOC_CONF", "MALLOC_MMAP_THRESHOLD_",
-                                                         "MALLOC_TRIM_THRESHOLD_")},
-        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
-    }
-    try:
-        import triton
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
+    """The shared environment record, plus the device name the GPU table is keyed by."""
+    info = environment(device)
+    info["device_name"] = torch.cuda.get_device_name() if device == "cuda" else info["cpu"]
     return info
-
-
-def _git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _result(device, bw, copy_ms, providers, skipped, opts, rows, complete):
@@ -223,10 +179,7 @@ def _result(device, bw, copy_ms, providers, skipped, opts, rows, complete):
 
 
 def save(result, out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    write_json(out, result)
 
 
 def run_sweep(opts, out_path: Path):
@@ -361,12 +314,12 @@ def _precompile_worker(job):
     import triton  # noqa: F401
     from fusionseg_kernels.ops.inception_dwconv3d import triton_impl as ti
 
-    cfg = ti._GPU_CONFIGS[cfg_index]
+    cfg = ti.GPU_CONFIGS[cfg_index]
     t0 = time.perf_counter()
     shapes = layer_shapes(batch)
     for shape, gc, _ in shapes[:n_shapes] if n_shapes > 0 else shapes:
         # only the calls whose autotuner would try this config (the config's width class)
-        if cfg not in ti._prune_configs(ti._GPU_CONFIGS, {"W": shape[-1]}):
+        if cfg not in ti.launch_configs(shape[-1], ti.GPU_CONFIGS):
             continue
         x, args, gy = make_args(shape, gc, DTYPES[dtype_name], "cuda")
         ti.run_kernels_with_config(x, args, gy, cfg)
@@ -379,7 +332,7 @@ def precompile(opts):
     from fusionseg_kernels.ops.inception_dwconv3d import triton_impl as ti
 
     # dtypes in the order given (gpu_check.sh: bf16 first), every config of every width class
-    jobs = [(d, i, opts.batch, opts.shapes) for d in opts.dtypes for i in range(len(ti._GPU_CONFIGS))]
+    jobs = [(d, i, opts.batch, opts.shapes) for d in opts.dtypes for i in range(len(ti.GPU_CONFIGS))]
     ctx = mp.get_context("spawn")
     t0 = time.perf_counter()
     with ctx.Pool(min(opts.jobs, len(jobs))) as pool:

@@ -7,9 +7,9 @@ write), the share of time spent outside the network, and memory: the process's p
 CPU, or on a GPU the whole device's used memory through NVML (sampled every 0.1 s, as FLARE
 measures it) and torch's peak reserved memory.
 
-    python bench/bench_inference.py --device cpu --threads 2                      # small + mid cases
-    python bench/bench_inference.py --device cpu --sizes 200 --modes fast --backends cpu
-    python bench/bench_inference.py --device cuda                                 # 512x512x{55..554}
+    python -m bench.bench_inference --device cpu --threads 2                      # small + mid cases
+    python -m bench.bench_inference --device cpu --sizes 200 --modes fast --backends cpu
+    python -m bench.bench_inference --device cuda                                 # 512x512x{55..554}
 
 Results: --out FILE (default bench/results/local/inference_<device>_<time>.json), rewritten
 after every run so an interrupted benchmark keeps what it measured.
@@ -26,11 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PAPER_SLICES = (55, 100, 150, 215, 334, 448, 499, 554)
+from bench.harness import KEEP_FREED_MEMORY as KEEP
+from bench.harness import PAPER_SLICES
+
 CPU_SIZES = ("64x256x256", "200")   # small, mid
-KEEP = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -186,7 +186,7 @@ def worker(spec: dict) -> dict:
 
 # --------------------------------------------------------------------------------- agreement
 def agreement(args, sizes, cache: Path, out_path: Path) -> int:
-    import common
+    from bench import harness as common
     import numpy as np
     import SimpleITK as sitk
     import torch
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(spec)), flush=True)
         return 0
 
-    import common
+    from bench import harness as common
 
     sizes = [parse_size(s) for s in (args.sizes or (CPU_SIZES if args.device == "cpu" else map(str, PAPER_SLICES)))]
     backends = args.backends or (["reference", "cpu"] if args.device == "cpu" else ["reference", "cuda", "triton"])

@@ -16,9 +16,9 @@ recorded; ``--keep-freed-memory`` re-executes the script with glibc told to keep
 (MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736).
 
 Usage:
-    python bench/bench_network.py --device cpu --quick --keep-freed-memory
-    python bench/bench_network.py --device cuda            # fp32 and bf16, all built GPU backends
-    python bench/bench_network.py --smoke                  # seconds: tiny patches, every code path
+    python -m bench.bench_network --device cpu --quick --keep-freed-memory
+    python -m bench.bench_network --device cuda            # fp32 and bf16, all built GPU backends
+    python -m bench.bench_network --smoke                  # seconds: tiny patches, every code path
 Results: --out FILE, by default bench/results/local/network_<device>_<UTC time>.json (written to a
 temporary name, then renamed).
 """
@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KEEP_FREED_MEMORY, default_out, quiet_profiler, write_json  # noqa: E402
-from common import environment as common_environment  # noqa: E402
+from fusionseg_kernels.ops.inception_dwconv3d.dispatch import available_backends
+
+from bench.harness import KEEP_FREED_MEMORY, default_out, quiet_profiler, write_json
+from bench.harness import environment as common_environment
 
 IDC_RANGE = "fusionseg.InceptionDWConv3d"
 
@@ -93,21 +94,6 @@ def reexec_with_malloc_env() -> None:
     env = dict(os.environ, **KEEP_FREED_MEMORY)
     print(f"re-executing with {' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())}", flush=True)
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def available_backends(device: str) -> list[str]:
-    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend
-
-    x = torch.empty(1, 8, 1, 1, 1, device=device)
-    names = ["cpu"] if device == "cpu" else ["cuda", "triton"]
-    out = []
-    for name in names:
-        try:
-            check_backend(name, x)
-            out.append(name)
-        except Exception as err:  # noqa: BLE001 - report why and go on
-            print(f"backend {name!r} skipped: {err}", flush=True)
-    return out
 
 
 def sync(device: str) -> None:
@@ -258,7 +244,7 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     from fusionseg_kernels.models import DualBranchUNet
 
-    fused = args.backends or available_backends(args.device)
+    fused = args.backends or available_backends(args.device, fused_only=True)
     backends = ["reference"] + [b for b in fused if b != "reference"]
     torch.manual_seed(0)
     model = DualBranchUNet().to(args.device)

@@ -2,8 +2,8 @@
 cases, same machine, same run: end-to-end wall time and peak memory of each whole command (start-up,
 model loading and file I/O included, as FLARE times a container), and mask agreement.
 
-    python bench/bench_vs_nnunet.py                       # a random-weight model folder and synthetic cases
-    python bench/bench_vs_nnunet.py -m MODEL -i IMAGES    # your model folder and images
+    python -m bench.bench_vs_nnunet                       # a random-weight model folder and synthetic cases
+    python -m bench.bench_vs_nnunet -m MODEL -i IMAGES    # your model folder and images
 
 nnU-Net finds the model's trainer (nnUNetTrainernew) through `fusionseg nnunet-env`, set here.
 Both sides run with TTA off, the same folds, the same thread count. Memory is the whole device's
@@ -17,9 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import default_out, environment, write_json  # noqa: E402
+from bench.harness import default_out, environment, write_json
 
 BIN = Path(sys.executable).parent
 

@@ -142,7 +142,7 @@ else
       >"$RUN_DIR/build.log" 2>&1; echo $? >"$RUN_DIR/build.rc" ) &
   BUILD_PID=$!
   stage triton-precompile 75 "$RUN_DIR/precompile.log" \
-    $PY bench/bench_gpu_kernels.py --precompile --jobs 8 --dtypes bf16 --shapes "$BIG_SHAPES"
+    $PY -m bench.bench_gpu_kernels --precompile --jobs 8 --dtypes bf16 --shapes "$BIG_SHAPES"
 fi
 
 # 1b. correctness subset, Triton (needs no build: the kernels compile at first call)
@@ -169,10 +169,10 @@ $PY -c "import fusionseg_kernels as f; print(f.build_info())" 2>&1 | tail -1 | t
 # 2. bf16 sweep of the largest calls first (the JSON is rewritten after every shape; the Triton
 #    rows are checked against the reference in the sweep itself)
 if [ "$DRY" = 1 ]; then
-  stage sweep-bf16 300 "$RUN_DIR/sweep_bf16.log" $PY bench/bench_gpu_kernels.py --smoke --dtypes bf16 \
+  stage sweep-bf16 300 "$RUN_DIR/sweep_bf16.log" $PY -m bench.bench_gpu_kernels --smoke --dtypes bf16 \
     --shapes "$BIG_SHAPES" --out "$RUN_DIR/sweep_bf16.json"
 else
-  stage sweep-bf16 $(lim 80 60) "$RUN_DIR/sweep_bf16.log" $PY bench/bench_gpu_kernels.py --quick --dtypes bf16 \
+  stage sweep-bf16 $(lim 80 60) "$RUN_DIR/sweep_bf16.log" $PY -m bench.bench_gpu_kernels --quick --dtypes bf16 \
     --shapes "$BIG_SHAPES" --compile-shapes 1 --out "$RUN_DIR/sweep_bf16.json"
 fi
 
@@ -188,11 +188,11 @@ echo "backends whose correctness subset passed: ${PASSED:-none}" | tee -a "$SUMM
 if [ -f bench/sanitize_cuda.py ]; then
   if have_sanitizer; then
     stage memcheck-cuda $(lim 30 20) "$RUN_DIR/memcheck.log" compute-sanitizer --tool memcheck --error-exitcode 3 \
-      --log-file "$RUN_DIR/memcheck_sanitizer.log" $PY bench/sanitize_cuda.py
+      --log-file "$RUN_DIR/memcheck_sanitizer.log" $PY -m bench.sanitize_cuda
     stage racecheck-cuda $(lim 40 15) "$RUN_DIR/racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 3 \
-      --log-file "$RUN_DIR/racecheck_sanitizer.log" $PY bench/sanitize_cuda.py
+      --log-file "$RUN_DIR/racecheck_sanitizer.log" $PY -m bench.sanitize_cuda
   else
-    stage sanitize-cpu 60 "$RUN_DIR/sanitize.log" $PY bench/sanitize_cuda.py --device cpu
+    stage sanitize-cpu 60 "$RUN_DIR/sanitize.log" $PY -m bench.sanitize_cuda --device cpu
     record racecheck-cuda SKIPPED 0 "no compute-sanitizer (or dry run)"
   fi
 fi
@@ -200,18 +200,18 @@ fi
 # 5. whole-network benchmark
 if [ -f bench/bench_network.py ]; then
   if [ "$DRY" = 1 ]; then
-    stage bench-network 120 "$RUN_DIR/network.log" $PY bench/bench_network.py --device cpu --quick
+    stage bench-network 120 "$RUN_DIR/network.log" $PY -m bench.bench_network --device cpu --quick
   else
-    stage bench-network $(lim 60 10) "$RUN_DIR/network.log" $PY bench/bench_network.py --device cuda --quick
+    stage bench-network $(lim 60 10) "$RUN_DIR/network.log" $PY -m bench.bench_network --device cuda --quick
   fi
 fi
 
 # 6. with what is left: fp16/fp32 sweep of the largest calls, then the remaining GPU tests
 if [ "$DRY" = 1 ]; then
-  stage sweep-fp16-fp32 120 "$RUN_DIR/sweep_rest.log" $PY bench/bench_gpu_kernels.py --smoke --dtypes fp32 \
+  stage sweep-fp16-fp32 120 "$RUN_DIR/sweep_rest.log" $PY -m bench.bench_gpu_kernels --smoke --dtypes fp32 \
     --shapes 2 --out "$RUN_DIR/sweep_rest.json"
 else
-  stage sweep-fp16-fp32 $(lim 120 10) "$RUN_DIR/sweep_rest.log" $PY bench/bench_gpu_kernels.py --quick \
+  stage sweep-fp16-fp32 $(lim 120 10) "$RUN_DIR/sweep_rest.log" $PY -m bench.bench_gpu_kernels --quick \
     --dtypes fp16 fp32 --shapes "$BIG_SHAPES" --compile-shapes 0 --out "$RUN_DIR/sweep_rest.json"
   if [ "$HAVE_PYTEST" = 1 ]; then
     stage gpu-tests-rest $(lim 300 8) "$RUN_DIR/tests_rest.log" env FUSIONSEG_TRITON_AUTOTUNE=0 \
@@ -221,7 +221,7 @@ fi
 
 # 7. GPU table from measured results (a dry run does not touch the package's table)
 if [ -f "$RUN_DIR/sweep_bf16.json" ] && [ "$DRY" != 1 ]; then
-  stage gpu-table 10 "$RUN_DIR/gpu_table.log" $PY bench/bench_gpu_kernels.py \
+  stage gpu-table 10 "$RUN_DIR/gpu_table.log" $PY -m bench.bench_gpu_kernels \
     --write-gpu-table "$RUN_DIR/sweep_bf16.json" --passed $PASSED
   cp fusionseg_kernels/ops/inception_dwconv3d/gpu_table.json "$RUN_DIR/" 2>/dev/null
 fi

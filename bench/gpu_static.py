@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Static GPU report of inception_dwconv3d's kernels, made without a GPU.
 
-    .venv/bin/python bench/gpu_static.py                      # sm_89 + sm_90, fp32/fp16/bf16, 28 calls
-    .venv/bin/python bench/gpu_static.py --arch sm_90 --dtypes bf16 --json report.json
-    .venv/bin/python bench/gpu_static.py --subset             # the calls with x >= 32 MB only
+    .venv/bin/python -m bench.gpu_static                      # sm_89 + sm_90, fp32/fp16/bf16, 28 calls
+    .venv/bin/python -m bench.gpu_static --arch sm_90 --dtypes bf16 --json report.json
+    .venv/bin/python -m bench.gpu_static --subset             # the calls with x >= 32 MB only
 
 Triton: every kernel is compiled by Triton's ahead-of-time compiler for each architecture and
 dtype, with the specialization the launcher derives for the real call (argument divisibility by
@@ -35,9 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.pop("TRITON_INTERPRET", None)  # the real compiler, not the interpreter
+os.environ.pop("TRITON_INTERPRET", None)  # the real compiler, not the interpreter (read at import)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -45,8 +43,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-SHAPES_FILE = ROOT / "tests" / "data" / "idc_layer_shapes.json"
-STRIP_KERNELS = ((3, 3, 3), (1, 1, 11), (1, 11, 1), (11, 1, 1))
+from bench.harness import ROOT, network_layer_calls  # noqa: E402
+from fusionseg_kernels.testing import STRIP_KERNELS  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRITON_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 CACHE_FILE = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache")) / "fusionseg_gpu_static.json"
@@ -80,13 +79,7 @@ MODEL = dict(
 
 def layer_calls(batch=2):
     """[(shape NCDHW, gc, number of calls)] of the network's 28 calls, largest first."""
-    entries = json.loads(SHAPES_FILE.read_text())["dual_branch"]
-    counts = {}
-    for e in entries:
-        shape = (batch, *e["shape_ncdhw"][1:])
-        key = (shape, e["split"][1])
-        counts[key] = counts.get(key, 0) + 1
-    return sorted(((s, gc, k) for (s, gc), k in counts.items()), key=lambda t: -math.prod(t[0]))
+    return network_layer_calls(batch=batch)
 
 
 def meta_call(shape, gc, dtype):
@@ -217,49 +210,44 @@ def triton_kernels(arch, dtype_name, calls, cache, log, first_config_only=False)
     for shape, gc, ncalls in calls:
         x, ws, bs = meta_call(shape, gc, dtype)
         y = torch.empty_like(x)
-        grid, fargs, fkw = ti._forward_launch_args(x, y, ws, bs)
-        fwd_configs = _launcher_configs(ti._idc_forward_kernel, fargs, fkw)
+        fwd = ti.forward_launch(x, y, ws, bs)
+        fwd_configs = _launcher_configs(fwd)
         if first_config_only:
             fwd_configs = fwd_configs[:1]
         gy = torch.empty_like(x)
         gx = torch.empty_like(x)
         entry = dict(shape=shape, gc=gc, calls=ncalls, forward=[], backward=[])
         for cfg in fwd_configs:
-            kw = dict(fkw, **cfg.all_kwargs())
-            k = _triton_compile(ti._idc_forward_kernel.fn, fargs, kw, arch, cfg.num_warps, cache)
-            entry["forward"].append(dict(config=cfg.kwargs, grid=grid(kw)[0], **k))
+            kw = dict(fwd.kwargs, **cfg.all_kwargs())
+            k = _triton_compile(fwd.jit_function, fwd.args, kw, arch, cfg.num_warps, cache)
+            entry["forward"].append(dict(config=cfg.kwargs, grid=fwd.grid(kw)[0], **k))
             log(f"triton {arch} {dtype_name} {shape} forward {cfg.kwargs}: {k['registers']} regs")
-        bwd_configs = _launcher_configs(ti._idc_backward_kernel, *_bwd_args(ti, gy, x, gx, ws, ti.CONFIGS)[1:3])
+        bwd_configs = _launcher_configs(ti.backward_launch(gy, x, gx, ws)[0])
         if first_config_only:
             bwd_configs = bwd_configs[:1]
         for cfg in bwd_configs:
-            bgrid, bargs, bkw, partials, _ = _bwd_args(ti, gy, x, gx, ws, bwd_configs)
-            kw = dict(bkw, **cfg.all_kwargs())
-            k = _triton_compile(ti._idc_backward_kernel.fn, bargs, kw, arch, cfg.num_warps, cache)
-            wgrid, wargs, wkw, _, _ = ti._weight_grad_launch_args(partials, ws)
-            wfn = ti._idc_weight_grad_kernel
-            if isinstance(wfn, triton.runtime.Autotuner):
-                wfn = wfn.fn
+            bwd, partials = ti.backward_launch(gy, x, gx, ws, bwd_configs)
+            kw = dict(bwd.kwargs, **cfg.all_kwargs())
+            k = _triton_compile(bwd.jit_function, bwd.args, kw, arch, cfg.num_warps, cache)
+            wgrad, _, _ = ti.weight_grad_launch(partials, ws)
+            wkw = dict(wgrad.kwargs)
             wwarps = wkw.pop("num_warps", 4)
-            kwg = _triton_compile(wfn, wargs, wkw, arch, wwarps, cache)
-            entry["backward"].append(dict(config=cfg.kwargs, grid=bgrid(kw)[0], kernel=k,
-                                          weight_grad=dict(grid=wgrid[0], kwargs=wkw, **kwg),
+            kwg = _triton_compile(wgrad.jit_function, wgrad.args, wkw, arch, wwarps, cache)
+            entry["backward"].append(dict(config=cfg.kwargs, grid=bwd.grid(kw)[0], kernel=k,
+                                          weight_grad=dict(grid=wgrad.grid[0], kwargs=wkw, **kwg),
                                           partial_bytes=partials.numel() * partials.element_size()))
             log(f"triton {arch} {dtype_name} {shape} backward {cfg.kwargs}: {k['registers']} regs, "
-                f"{k['spill_bytes']} B spilled; weight grad grid {wgrid[0]}")
+                f"{k['spill_bytes']} B spilled; weight grad grid {wgrad.grid[0]}")
         per_call.append(entry)
     return per_call
 
 
-def _bwd_args(ti, gy, x, gx, ws, configs):
-    return ti._backward_launch_args(gy, x, gx, ws, configs)
-
-
-def _launcher_configs(autotuner, args, kwargs):
-    """The configs the autotuner would time for these arguments (after its pruning)."""
-    autotuner.nargs = dict(zip(autotuner.arg_names, args))
+def _launcher_configs(launch):
+    """The configs the autotuner would time for this launch (after its own pruning)."""
+    autotuner = launch.kernel
+    autotuner.nargs = dict(zip(autotuner.arg_names, launch.args))
     try:
-        return autotuner.prune_configs(dict(kwargs))
+        return autotuner.prune_configs(dict(launch.kwargs))
     finally:
         autotuner.nargs = None
 
@@ -386,10 +374,8 @@ def _triton_code_shape(ti):
     """What the model needs to know of the Triton kernels' structure, read from the module:
     taps unrolled per loop iteration (older code: only kw), channel blocks per identity
     program, and whether the backward reduces every tap over the block."""
-    max_unrolled = getattr(ti, "_MAX_UNROLLED_TAPS", None)
-    max_unrolled = getattr(max_unrolled, "value", max_unrolled)
-    return dict(max_unrolled=max_unrolled, id_blocks=getattr(ti, "_ID_BLOCKS_N", 1),
-                per_tap_block_reduction=max_unrolled is None)
+    return dict(max_unrolled=ti.MAX_UNROLLED_TAPS, id_blocks=ti.IDENTITY_CHANNEL_BLOCKS,
+                per_tap_block_reduction=False)
 
 
 def _tap_batches(k, max_unrolled):

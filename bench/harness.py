@@ -1,12 +1,12 @@
-"""Shared by the benchmark scripts: the environment record, atomic result files, default output
-folders, the network's layer shapes, timing helpers and the CPU's cache and copy-bandwidth figures.
+"""The benchmark harness, shared by every benchmark: the environment record, atomic result files,
+default output folders, the network's layer shapes, timing helpers and the CPU's cache and
+copy-bandwidth figures.
 
 Nothing here runs at import time beyond reading constants, so every script can answer ``--help``
 without touching the device or the file system.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,12 +25,15 @@ RESULTS_DIR = ROOT / "bench" / "results"
 # Where ordinary runs write (ignored by git).
 LOCAL_RESULTS_DIR = RESULTS_DIR / "local"
 REPORTS_DIR = ROOT / "reports"
-LAYER_SHAPES = ROOT / "tests" / "data" / "idc_layer_shapes.json"
 ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
                   "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
 # glibc told to keep freed memory: fresh large allocations otherwise page-fault on every call and
 # the fault cost, not the kernel, dominates CPU timings.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+# The paper's eight whole-body CT sizes: 512 x 512 in-plane at ~0.8 mm, 2.5 mm slices (array
+# order z, y, x), as FLARE's test cases.
+PAPER_SLICES = (55, 100, 150, 215, 334, 448, 499, 554)
+PAPER_SPACING = (2.5, 0.8, 0.8)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -115,13 +117,18 @@ def nvml_driver() -> dict:
 
 
 def command_line() -> str:
-    """The command that produced a result, as it can be typed again from the repository root."""
+    """The command that produced a result, as it can be typed again from the repository root
+    (``python -m bench.<module> ...`` for the benchmark modules)."""
     argv = list(sys.argv)
     if argv and argv[0]:
         try:
-            argv[0] = str(Path(argv[0]).resolve().relative_to(ROOT))
+            rel = Path(argv[0]).resolve().relative_to(ROOT)
         except ValueError:
-            pass
+            rel = None
+        if rel is not None and rel.parts[0] == "bench" and rel.suffix == ".py":
+            return shlex.join(["python", "-m", ".".join(rel.with_suffix("").parts), *argv[1:]])
+        if rel is not None:
+            argv[0] = str(rel)
     return shlex.join(["python", *argv])
 
 
@@ -211,37 +218,13 @@ def default_out(name: str, suffix: str = ".json") -> Path:
 
 # ----------------------------------------------------------------------------- shapes
 
-def network_layer_calls(variant: str = "dual_branch", batch: int = 1, scale: int = 1):
-    """The InceptionDWConv3d calls of the released network at a 96x128x128 patch, grouped:
-    [(shape (N, C, D, H, W), gc, number of calls)], in first-seen order; `scale` divides the
-    spatial sizes (smoke runs)."""
-    data = json.loads(LAYER_SHAPES.read_text())
-    counts = Counter()
-    order = []
-    for layer in data[variant]:
-        n, c, d, h, w = layer["shape_ncdhw"]
-        shape = (batch, c, max(1, d // scale), max(1, h // scale), max(1, w // scale))
-        key = (shape, layer["split"][1])
-        if key not in counts:
-            order.append(key)
-        counts[key] += 1
-    return [(shape, gc, counts[(shape, gc)]) for shape, gc in order]
+def network_layer_calls(network: str = "dual", batch: int = 1, scale: int = 1):
+    """[(shape (N, C, D, H, W), gc, number of calls)] of the network's distinct InceptionDWConv3d
+    calls at the released 96x128x128 patch, largest first, traced from the network itself;
+    `scale` divides the spatial sizes (smoke runs)."""
+    from fusionseg_kernels.models.complexity import distinct_inception_calls
 
-
-def op_arguments(channels: int, gc: int, dtype=None, device="cpu", requires_grad=False,
-                 band: int = 11, cube: int = 3, seed: int = 0):
-    """The released configuration's weights and biases, in the op's argument order."""
-    import torch
-
-    dtype = dtype or torch.float32
-    gen = torch.Generator().manual_seed(seed)
-    args = []
-    for k in ((cube, cube, cube), (1, 1, band), (1, band, 1), (band, 1, 1)):
-        w = torch.randn(gc, 1, *k, generator=gen) / math.sqrt(math.prod(k))
-        b = torch.randn(gc, generator=gen) * 0.1
-        args += [w.to(device, dtype).requires_grad_(requires_grad),
-                 b.to(device, dtype).requires_grad_(requires_grad)]
-    return args
+    return distinct_inception_calls(network, batch=batch, scale=scale)
 
 
 # ----------------------------------------------------------------------------- timing

@@ -1,7 +1,7 @@
 """The benchmark report: report.md and plots/*.png from a results.json written by bench/run.py.
 
-    python bench/report.py REPORT_DIR                 # regenerate REPORT_DIR/report.md and plots/
-    python bench/report.py --results FILE --out DIR   # from a results.json elsewhere
+    python -m bench.report REPORT_DIR                 # regenerate REPORT_DIR/report.md and plots/
+    python -m bench.report --results FILE --out DIR   # from a results.json elsewhere
 
 Sections (each only when its results are present): the op benchmark (every measured backend
 against `reference` and torch.compile(reference)), the static GPU report (predicted bandwidth
@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_atomic  # noqa: E402
+from bench.harness import write_atomic
 
 MODES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 

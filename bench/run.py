@@ -25,13 +25,12 @@ paper's eight case sizes (512x512x{55,100,150,215,334,448,499,554}) in the FLARE
 Results go to an untracked folder; committed reference results in bench/results/ are only
 written when a job is pointed there explicitly.
 
-    python bench/run.py [--out DIR] [--full] [--only SECTION ...] [--skip SECTION ...]
+    python -m bench.run [--out DIR] [--full] [--only SECTION ...] [--skip SECTION ...]
                         [--flare-sizes small|paper] [--flare-cases N] [--smoke]
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -43,15 +42,10 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import (KEEP_FREED_MEMORY, REPORTS_DIR, ROOT, device_slug, environment, utc_now,  # noqa: E402
-                    write_json)
+from bench.harness import (KEEP_FREED_MEMORY, PAPER_SLICES, PAPER_SPACING, REPORTS_DIR, ROOT, device_slug,
+                           environment, utc_now, write_json)
 
 SECTIONS = ("op", "gpu_static", "network", "complexity", "flare")
-PAPER_SLICES = (55, 100, 150, 215, 334, 448, 499, 554)
-# FLARE whole-body CT: 512 x 512 in-plane at ~0.8 mm, 2.5 mm slices (array order z, y, x).
-PAPER_SPACING = (2.5, 0.8, 0.8)
 SMALL_SIZE, SMALL_SPACING = (40, 160, 160), (5.0, 1.6, 1.6)
 
 
@@ -160,38 +154,13 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def fused_backends(device: str) -> list[str]:
-    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend
-    import torch
-
-    x = torch.empty(1, 8, 1, 1, 1, device=device)
-    out = []
-    for name in (("cpu",) if device == "cpu" else ("cuda", "triton")):
-        try:
-            check_backend(name, x)
-            out.append(name)
-        except Exception:  # noqa: BLE001 - not built or not usable here
-            pass
-    return out
-
-
-def has_cli(name: str) -> bool:
-    from fusionseg_kernels.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public listing
-        if name in getattr(action, "choices", {}) or {}:
-            return True
-    return False
-
-
 # ----------------------------------------------------------------------------- sections
 
 def section_op(r: Runner, args, device: str, py: str) -> dict | None:
     raw = r.out / "raw"
     if device == "cpu":
         out = raw / "cpu_op.json"
-        cmd = [py, str(HERE / "bench_cpu_op.py"), "--threads", str(args.threads), "--out", str(out)]
+        cmd = [py, "-m", "bench.bench_cpu_op", "--threads", str(args.threads), "--out", str(out)]
         if args.smoke:
             cmd += ["--smoke"]
         elif not args.full:
@@ -200,7 +169,7 @@ def section_op(r: Runner, args, device: str, py: str) -> dict | None:
         data = load(out)
         return {"kind": "cpu", "data": data} if data else None
     out = raw / "gpu_kernels.json"
-    cmd = [py, str(HERE / "bench_gpu_kernels.py"), "--out", str(out)]
+    cmd = [py, "-m", "bench.bench_gpu_kernels", "--out", str(out)]
     if args.smoke:
         cmd += ["--smoke", "--device", "cuda"]
     elif not args.full:
@@ -215,12 +184,8 @@ def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
         data = load(args.gpu_static_json)
         r.status["gpu_static"] = {"ok": data is not None, "seconds": 0.0, "source": str(args.gpu_static_json)}
         return data
-    script = HERE / "gpu_static.py"
-    if not script.exists():
-        r.skip("gpu_static", "bench/gpu_static.py is not in this checkout")
-        return None
     out = r.out / "raw" / "gpu_static.json"
-    cmd = [py, str(script), "--json", str(out), "--quiet"]
+    cmd = [py, "-m", "bench.gpu_static", "--json", str(out), "--quiet"]
     if not args.full:  # the calls with x >= 32 MB in bf16 (the GPU training dtype); --full: every call and dtype
         cmd += ["--subset", "--dtypes", "bf16"]
     r.run("gpu_static", cmd, timeout=None if args.full or not args.gpu_static_limit else args.gpu_static_limit)
@@ -229,7 +194,7 @@ def section_gpu_static(r: Runner, args, device: str, py: str) -> dict | None:
 
 def section_network(r: Runner, args, device: str, py: str) -> dict | None:
     out = r.out / "raw" / "network.json"
-    cmd = [py, str(HERE / "bench_network.py"), "--device", device, "--out", str(out)]
+    cmd = [py, "-m", "bench.bench_network", "--device", device, "--out", str(out)]
     if args.smoke:
         cmd += ["--smoke", "--threads", str(args.threads)]
     elif device == "cpu":
@@ -265,10 +230,6 @@ def write_model_folder(folder: Path, smoke: bool) -> None:
 
 
 def section_flare(r: Runner, args, device: str, py: str) -> dict | None:
-    missing = [c for c in ("predict", "synth", "profile") if not has_cli(c)]
-    if missing:
-        r.skip("flare", f"`fusionseg {'/'.join(missing)}` not available in this checkout")
-        return None
     work = r.out / "flare"
     cases = work / "cases"
     cases.mkdir(parents=True, exist_ok=True)
@@ -293,7 +254,9 @@ def section_flare(r: Runner, args, device: str, py: str) -> dict | None:
     print(f"== flare_model: writing a random-weight model folder to {model}", flush=True)
     write_model_folder(model, args.smoke)
     r.status.setdefault("flare_synth", {"ok": True, "seconds": 0.0})["seconds_with_model"] = time.perf_counter() - t0
-    backends = ["reference"] + fused_backends(device)
+    from fusionseg_kernels.ops.inception_dwconv3d.dispatch import available_backends
+
+    backends = available_backends(device)
     results = {}
     for backend in backends:
         out_json = r.out / "raw" / f"flare_{backend}.json"
@@ -337,7 +300,7 @@ def main(argv=None) -> int:
                            "threads": args.threads, "sections": args.sections},
                "total_seconds": time.perf_counter() - started, "status": runner.status, "sections": sections}
     write_json(out / "results.json", results)
-    import report
+    from bench import report
 
     path = report.write_report(results, out)
     failed = [n for n, s in runner.status.items() if s.get("ok") is False]

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Small forward and backward cases of the CUDA backend of inception_dwconv3d, for compute-sanitizer.
 
-    compute-sanitizer --tool memcheck  python3 bench/sanitize_cuda.py
-    compute-sanitizer --tool racecheck python3 bench/sanitize_cuda.py
-    python3 bench/sanitize_cuda.py --device cpu     # dry run: the same cases on the CPU backend
+    compute-sanitizer --tool memcheck  python3 -m bench.sanitize_cuda
+    compute-sanitizer --tool racecheck python3 -m bench.sanitize_cuda
+    python3 -m bench.sanitize_cuda --device cpu     # dry run: the same cases on the CPU backend
 
 The cases are the small ones of the shared conformance table (fusionseg_kernels.testing), which
 cover every kernel of the backend. Every output and gradient is judged as in the test suite:
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fusionseg_kernels import inception_dwconv3d  # noqa: E402
-from fusionseg_kernels.testing import (CONFORMANCE_CASES, case_inputs, check_conformance,  # noqa: E402
+from fusionseg_kernels import inception_dwconv3d
+from fusionseg_kernels.testing import (CONFORMANCE_CASES, case_inputs, check_conformance,
                                        conformance_errors)
 
 # The small cases of the shared conformance table: every kernel of the backend (strip fast path

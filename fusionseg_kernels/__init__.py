@@ -7,13 +7,13 @@ Public API:
     explain_backend(x) -> (backend, reason)       what backend="auto" picks, and why
     build_info() -> dict                          what the C++ extension was built with
 """
+from ._version import __version__
 from ._extension import ExtensionNotBuiltError, build_info, extension_available
 from .modules import InceptionDWConv3d
 from .ops.inception_dwconv3d import (BACKENDS, BackendUnavailableError, explain_backend,
                                      inception_dwconv3d, inception_dwconv3d_reference)
 
-__version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "ExtensionNotBuiltError", "InceptionDWConv3d",
+__all__ = ["__version__", "BACKENDS", "BackendUnavailableError", "ExtensionNotBuiltError", "InceptionDWConv3d",
            "build_info", "explain_backend", "extension_available", "inception_dwconv3d",
            "inception_dwconv3d_reference"]

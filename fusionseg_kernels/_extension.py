@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from . import config
+from .errors import ExtensionNotBuiltError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_HINT = (
@@ -15,13 +17,9 @@ BUILD_HINT = (
 )
 
 
-class ExtensionNotBuiltError(RuntimeError):
-    """The C++ operator library is missing; the message says how to build it."""
-
-
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[bool, str]:
-    if os.environ.get("FUSIONSEG_NO_EXTENSION") == "1":
+    if config.extension_disabled():
         # e.g. a process that loads another build of the fusionseg schemas (the CUDA emulation)
         return False, "the fusionseg C++ extension is switched off (FUSIONSEG_NO_EXTENSION=1)"
     candidates = sorted(_PACKAGE_DIR.glob("_C*.so")) + sorted(_PACKAGE_DIR.glob("_C*.pyd"))

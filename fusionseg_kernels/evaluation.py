@@ -32,15 +32,15 @@ from typing import Sequence
 
 import numpy as np
 
-from fusionseg_kernels import atomic
-from fusionseg_kernels.errors import EvaluationError, InputImageError, OutputFolderError
+from fusionseg_kernels import atomic, imageio
+from fusionseg_kernels.errors import EvaluationError
 
 __all__ = ["score_case", "score_case_detail", "read_mask", "evaluate_folders", "summarize",
            "write_csv", "TOLERANCE_MM", "NSD_DSC_THRESHOLD"]
 
 TOLERANCE_MM = 2.0
 NSD_DSC_THRESHOLD = 0.2
-_SUFFIX = ".nii.gz"
+_SUFFIX = imageio.NIFTI_GZ
 
 NOTE_LABEL_ABOVE_1 = "prediction has labels above 1"
 NOTE_BOTH_EMPTY = "both empty"
@@ -108,26 +108,14 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float]) -
 
 def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Reads a 3-D mask with SimpleITK: (uint8 array (z, y, x), spacing (z, y, x) in mm)."""
-    import SimpleITK as sitk
-
-    path = os.fspath(path)
-    try:
-        img = sitk.ReadImage(path)
-    except RuntimeError:
-        raise InputImageError(f"SimpleITK cannot read {path} as an image.") from None
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputImageError(f"{path} is not a 3-D single-channel mask (dimension "
-                              f"{img.GetDimension()}, {img.GetNumberOfComponentsPerPixel()} components).")
-    view = sitk.GetArrayViewFromImage(img)        # valid only while `img` lives: copy it
-    arr = view.copy() if view.dtype == np.uint8 else _as_uint8(view)
-    return arr, tuple(float(s) for s in reversed(img.GetSpacing()))
+    img, arr = imageio.read_mask(path)
+    return _as_uint8(arr), tuple(float(s) for s in reversed(img.GetSpacing()))
 
 
 def _cases(folder: str, role: str) -> dict[str, str]:
     if not os.path.isdir(folder):
         raise EvaluationError(f"the {role} folder {folder} does not exist or is not a folder.")
-    return {f[:-len(_SUFFIX)]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
-            if f.endswith(_SUFFIX) and not f.startswith(".") and os.path.isfile(os.path.join(folder, f))}
+    return {case: os.fspath(path) for case, path in imageio.find_masks(folder).items()}
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
@@ -188,35 +176,3 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
         w.writerow([r["case"], "" if r["dsc"] is None else repr(r["dsc"]),
                     "" if r["nsd"] is None else repr(r["nsd"]), r["note"]])
     atomic.write_text(path, buf.getvalue())
-
-
-def run_cli(args) -> int:
-    """`fusionseg evaluate --pred DIR --gt DIR -o metrics.csv`."""
-    import sys
-
-    if os.path.isdir(args.output):
-        raise OutputFolderError(f"the output {args.output} is a folder; give a .csv file name.")
-
-    def show(row):
-        if row["note"] == NOTE_NO_GT:
-            print(f"warning: {row['case']}{_SUFFIX} in {args.pred} has no ground truth in {args.gt} "
-                  f"(listed, not scored)", file=sys.stderr)
-        elif row["note"] == NOTE_NO_PRED:
-            print(f"warning: {row['case']}{_SUFFIX} in {args.gt} has no prediction in {args.pred} "
-                  f"(counted as DSC 0, NSD 0)", file=sys.stderr)
-        elif not args.quiet:
-            print(f"{row['case']}  DSC {row['dsc']:.4f}  NSD {row['nsd']:.4f}"
-                  + (f"  ({row['note']})" if row["note"] else ""))
-
-    rows = evaluate_folders(args.pred, args.gt, progress=show)
-    write_csv(rows, args.output)
-    s = summarize(rows)
-    extra = []
-    if s["missing_predictions"]:
-        extra.append(f"{len(s['missing_predictions'])} without a prediction counted as 0")
-    if s["missing_ground_truth"]:
-        extra.append(f"{len(s['missing_ground_truth'])} predictions without ground truth not scored")
-    print(f"mean DSC {s['mean_dsc']:.4f}  mean NSD {s['mean_nsd']:.4f}  over {s['n']} cases"
-          + (f" ({'; '.join(extra)})" if extra else ""))
-    print(f"wrote {args.output}")
-    return 0

@@ -155,7 +155,7 @@ def infer_network_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tup
     kwargs: dict[str, Any] = dict(input_channels=input_channels, num_classes=num_classes,
                                   features_per_stage=features, strides=strides, kernel_sizes=kernel_sizes,
                                   n_conv_per_stage_decoder=[count_convs(f"decoder.stages.{i}") for i in range(n_up)],
-                                  conv_bias=f"decoder.transpconvs.0.bias" in sd,
+                                  conv_bias="decoder.transpconvs.0.bias" in sd,
                                   norm_affine=any(".norm.weight" in k for k in keys))
     if cls is not DualBranchUNet:
         kwargs["n_conv_per_stage"] = [count_convs(f"encoder.stages.{s}") for s in range(n)]

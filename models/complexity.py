@@ -16,6 +16,7 @@ trilinear resizes are not counted (nor were they in the figures measured on the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -208,3 +209,45 @@ def format_table(rows: list[dict]) -> str:
                      f"{f['total_macs'] / 1e9:.2f} | {fmt(pub.get('measured_gmacs'), '.1f')} | "
                      f"{fmt(pub.get('paper_gmacs'), '.2f')} | {f['idc_calls']} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class InceptionCall:
+    """One InceptionDWConv3d call of a network's forward pass."""
+
+    module: str                              # the layer's name in the network (clean form)
+    shape: tuple[int, int, int, int, int]    # its input (N, C, D, H, W)
+    gc: int                                  # channels per conv group
+
+
+def inception_calls(network: str | _UNet = "dual", patch=PATCH, batch: int = 1) -> list[InceptionCall]:
+    """Every InceptionDWConv3d call of one forward pass at this patch, in order, traced on the
+    meta device (no memory, no arithmetic). The released network has 28."""
+    model = network if isinstance(network, _UNet) else None
+    with torch.device("meta"):
+        if model is None:
+            model = NETWORKS[network](backend="reference")
+        x = torch.empty(batch, model.input_channels, *patch)
+    calls: list[InceptionCall] = []
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args, name=name: calls.append(InceptionCall(name, tuple(args[0].shape), mod.gc)))
+        for name, m in model.named_modules() if isinstance(m, InceptionDWConv3d)]
+    try:
+        with torch.no_grad():
+            model.to("meta")(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def distinct_inception_calls(network: str | _UNet = "dual", patch=PATCH, batch: int = 1,
+                             scale: int = 1) -> list[tuple[tuple[int, ...], int, int]]:
+    """[(shape, gc, number of calls)] of the distinct InceptionDWConv3d calls, largest first;
+    `scale` divides the spatial sizes (for quick runs). What the benchmarks time."""
+    counts: dict[tuple, int] = {}
+    for call in inception_calls(network, patch, batch):
+        n, c, d, h, w = call.shape
+        key = ((n, c, max(1, d // scale), max(1, h // scale), max(1, w // scale)), call.gc)
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(((s, gc, k) for (s, gc), k in counts.items()), key=lambda t: (-math.prod(t[0]), t[1]))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from fusionseg_kernels.errors import FusionsegError
+from fusionseg_kernels.errors import ArchitectureError, InputSizeError
 from fusionseg_kernels.modules import InceptionDWConv3d
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend_name
 
@@ -27,15 +27,6 @@ RELEASED_FEATURES = (32, 64, 128, 256, 320)
 RELEASED_STRIDES = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
 PLAIN_FEATURES = (32, 64, 128, 256, 320, 320)
 PLAIN_STRIDES = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
-
-
-class InputSizeError(FusionsegError, ValueError):
-    """The input's spatial size is not divisible by the network's total stride, or so small that
-    the bottleneck has a single voxel (InstanceNorm needs more than one)."""
-
-
-class ArchitectureError(FusionsegError, ValueError):
-    """Constructor or plans arguments describing a network these classes cannot build."""
 
 
 # nnU-Net's architecture keywords (plans ``arch_kwargs``) besides the ones the constructor shares.

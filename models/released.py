@@ -15,15 +15,11 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from fusionseg_kernels.errors import CheckpointError
+from fusionseg_kernels.errors import ReleasedStateDictError
 
 from .blocks import ConvNormAct
 
 PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel wrappers
-
-
-class ReleasedStateDictError(CheckpointError):
-    """A state dict that cannot be loaded; the message lists every problem at once."""
 
 
 def _own_tensors(module: nn.Module) -> Iterator[str]:

@@ -3,7 +3,6 @@
 this module adds the assert forms the tests use."""
 from __future__ import annotations
 
-import torch
 
 from fusionseg_kernels.testing import (LOW_PRECISION_FACTOR, PLANE_KERNELS, REL_L2_TOLERANCE,  # noqa: F401
                                        STRIP_KERNELS, UNIT_ROUNDOFF, check_conformance,

@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "common.py")
-sys.path.insert(0, str(BENCH))
+# every runnable module of the bench package (the harness and the package itself are not scripts)
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("harness", "__init__"))
 
 
 def snapshot(folder: Path) -> dict:
@@ -29,7 +29,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def test_every_script_is_covered():
-    assert {"run.py", "bench_cpu_op.py", "bench_network.py", "report.py"} <= set(SCRIPTS)
+    assert {"run", "bench_cpu_op", "bench_network", "report"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -37,8 +37,9 @@ def test_help_answers_without_running_or_writing(script, tmp_path):
     # (bench/*.py themselves may be edited meanwhile; what --help must not touch is results)
     watched = {"results": BENCH / "results", "reports": ROOT / "reports", "cwd": tmp_path}
     before = {k: snapshot(v) if v.exists() else None for k, v in watched.items()}
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    proc = subprocess.run([sys.executable, "-m", f"bench.{script}", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.lower().startswith("usage:"), proc.stdout[:300]
     after = {k: snapshot(v) if v.exists() else None for k, v in watched.items()}
@@ -46,7 +47,7 @@ def test_help_answers_without_running_or_writing(script, tmp_path):
 
 
 def test_default_outputs_are_untracked():
-    import common
+    from bench import harness as common
 
     out = common.default_out("cpu_op")
     assert out.parent == common.LOCAL_RESULTS_DIR
@@ -60,7 +61,7 @@ def test_default_outputs_are_untracked():
 
 
 def test_write_atomic_leaves_no_temporary(tmp_path):
-    import common
+    from bench import harness as common
 
     target = tmp_path / "sub" / "r.json"
     common.write_json(target, {"a": 1})
@@ -70,7 +71,7 @@ def test_write_atomic_leaves_no_temporary(tmp_path):
 
 
 def test_environment_record_has_the_required_fields():
-    import common
+    from bench import harness as common
 
     env = common.environment("cpu")
     for key in ("device", "driver", "torch", "triton", "cuda", "commit", "allocator_env", "command", "threads",
@@ -81,11 +82,11 @@ def test_environment_record_has_the_required_fields():
 
 
 def test_cpu_op_smoke_marks_cache_resident_calls(tmp_path):
-    import common
+    from bench import harness as common
 
     out = tmp_path / "cpu_op.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_cpu_op.py"), "--smoke", "--providers", "reference",
-                           "cpu", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_cpu_op", "--smoke", "--providers", "reference",
+                           "cpu", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert out.with_suffix(".md").exists()
@@ -108,7 +109,7 @@ def test_cpu_op_smoke_marks_cache_resident_calls(tmp_path):
     assert all(r["cache_resident"]["fwd"] for r in data["results"])
     assert "cache-resident" in proc.stdout
     env = data["environment"]
-    assert "bench_cpu_op.py --smoke" in env["command"] and env["commit"]
+    assert "python -m bench.bench_cpu_op --smoke" in env["command"] and env["commit"]
 
 
 def test_benchmark_suite_is_separate_from_tests():
@@ -126,9 +127,7 @@ def test_benchmark_suite_is_separate_from_tests():
 
 
 PROFILE_SNIPPET = """
-import sys
-sys.path.insert(0, {bench!r})
-import common
+from bench import harness as common
 if {quiet}:
     common.quiet_profiler()
 import torch
@@ -143,7 +142,7 @@ print("events", len(prof.events()))
 @pytest.mark.parametrize("quiet", [True, False])
 def test_profiler_noise_is_silenced(quiet):
     env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
-    proc = subprocess.run([sys.executable, "-c", PROFILE_SNIPPET.format(bench=str(BENCH), quiet=quiet)],
+    proc = subprocess.run([sys.executable, "-c", PROFILE_SNIPPET.format(quiet=quiet)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("events ")

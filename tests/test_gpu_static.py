@@ -13,7 +13,6 @@ Triton's on-disk cache makes reruns fast.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -29,14 +28,7 @@ triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_static():
-    spec = importlib.util.spec_from_file_location("gpu_static", ROOT / "bench" / "gpu_static.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load_static()
+from bench import gpu_static as gs  # noqa: E402
 from fusionseg_kernels.ops.inception_dwconv3d import triton_impl as ti  # noqa: E402
 
 CALLS = gs.layer_calls(batch=2)  # the network's distinct calls at batch 2, largest first
@@ -119,14 +111,14 @@ def test_specialization_is_the_launchers():
     from triton.runtime.jit import create_function_from_signature
 
     backend = make_backend(GPUTarget("cuda", 90, 32))
-    fn = ti._idc_forward_kernel.fn
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
     divisible = {}
     for shape, gc, _ in (BIG, SMALL):
         x, ws, bs = gs.meta_call(shape, gc, torch.bfloat16)
-        grid, args, kw = ti._forward_launch_args(x, torch.empty_like(x), ws, bs)
-        cfg = gs._launcher_configs(ti._idc_forward_kernel, args, kw)[0]
-        kwargs = dict(kw, **cfg.all_kwargs())
+        launch = ti.forward_launch(x, torch.empty_like(x), ws, bs)
+        fn, args = launch.jit_function, launch.args
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        cfg = gs._launcher_configs(launch)[0]
+        kwargs = dict(launch.kwargs, **cfg.all_kwargs())
         bound, spec, opts = binder(*args, **kwargs)
         _, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
         divisible[shape[-1]] = {fn.arg_names[k[0]] for k, v in attrs.items() if v}

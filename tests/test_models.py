@@ -91,21 +91,19 @@ def _released_name(clean_to_released, module_name):
 def test_inception_calls_match_original(variant, cls, data_dir):
     """Every InceptionDWConv3d call, in forward order, with the original's input shape and split
     (fixtures/idc_layer_shapes.json), traced on the meta device."""
+    from fusionseg_kernels.models.complexity import distinct_inception_calls, inception_calls
+
     expected = json.loads((data_dir / "idc_layer_shapes.json").read_text())
     with torch.device("meta"):
         model = cls(backend="reference")
-        x = torch.empty(*expected["input"])
     clean_to_released = {c: r for r, c in released_pairs(model) if not r.startswith("decoder.encoder.")
                          and ".all_modules." not in r}
-    calls = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: calls.append((name, mod, args[0].shape)))
-             for name, m in model.named_modules() if isinstance(m, InceptionDWConv3d)]
-    model(x)
-    for h in hooks:
-        h.remove()
-    got = [{"module": _released_name(clean_to_released, name), "shape_ncdhw": list(shape),
-            "split": [m.in_channels - 4 * m.gc] + [m.gc] * 4} for name, m, shape in calls]
+    batch, _, *patch = expected["input"]
+    calls = inception_calls(model, patch=tuple(patch), batch=batch)  # what the benchmarks time
+    got = [{"module": _released_name(clean_to_released, c.module), "shape_ncdhw": list(c.shape),
+            "split": [c.shape[1] - 4 * c.gc] + [c.gc] * 4} for c in calls]
     assert got == expected[variant]
+    assert sum(n for _, _, n in distinct_inception_calls(model, tuple(patch), batch)) == len(expected[variant])
 
 
 # --- released state-dict form ------------------------------------------------------------------

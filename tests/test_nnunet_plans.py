@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from fusionseg_kernels.cli import main
 from fusionseg_kernels.errors import FusionsegError

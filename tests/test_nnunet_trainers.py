@@ -13,7 +13,7 @@ import torch
 from test_nnunet_plans import DATASET_JSON, PLANS, write_dataset_folder
 
 from fusionseg_kernels.errors import FusionsegError
-from fusionseg_kernels.models import DualBranchUNet, PlainConvUNet, ReleasedStateDictError, SingleBranchUNet
+from fusionseg_kernels.models import DualBranchUNet, PlainConvUNet, ReleasedStateDictError
 from fusionseg_kernels.nnunet import ext_trainer_dir, rewrite_plans
 from fusionseg_kernels.nnunet import trainers as fst
 
@@ -255,27 +255,3 @@ def test_bf16_trainer_autocasts_on_cpu(trainer_env):
     plain.network.decoder.seg_layers[-1].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     plain.train_step(_batch())
     assert dtypes == [torch.float32]
-
-
-@pytest.mark.parametrize("plans_names_our_class", [True, False])
-def test_predict_and_nnunet_build_the_same_network_from_a_model_folder(plans_names_our_class):
-    """fusionseg predict and nnU-Net's predictor (through the trainer) read one rule: plans that
-    name DualBranchUNet give that network with the plans' sizes; plans naming nnU-Net's
-    PlainConvUNet (as the release's do) give the released architecture."""
-    from fusionseg_kernels.inference.model_folder import build_network, released_plans
-    from fusionseg_kernels.nnunet.trainers import nnUNetTrainernew
-
-    plans = released_plans(patch_size=(16, 32, 32), features_per_stage=(8, 16, 16, 32, 32))
-    if not plans_names_our_class:
-        plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = \
-            "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-    config = plans["configurations"]["3d_fullres"]
-    ours = build_network("nnUNetTrainernew", config, 1, 2, backend="reference")
-    pm = PlansManager(copy.deepcopy(plans))
-    theirs = nnUNetTrainernew.build_network_architecture(
-        pm, pm.get_configuration("3d_fullres"), 1, 2, enable_deep_supervision=False)
-    assert type(ours) is type(theirs) is DualBranchUNet
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-    expected = (8, 16, 16, 32, 32) if plans_names_our_class else DualBranchUNet().features_per_stage
-    assert tuple(ours.features_per_stage) == tuple(expected)

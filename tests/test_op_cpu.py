@@ -3,14 +3,12 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusionseg_kernels as fk
-from helpers import (PLANE_KERNELS, STRIP_KERNELS, assert_low_precision_close,
-                     assert_matches_reference, make_input, make_op_args, rel_l2)
+from helpers import (PLANE_KERNELS, STRIP_KERNELS, assert_matches_reference, make_input, make_op_args)
 
 
 def cpu_op(x, *args):

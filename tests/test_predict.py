@@ -12,7 +12,7 @@ import torch
 from fusionseg_kernels.cli import main
 from fusionseg_kernels.inference import PredictOptions, Predictor, load_model_folder
 from fusionseg_kernels.inference.demo import threshold_network
-from fusionseg_kernels.inference.io import case_name, output_name
+from fusionseg_kernels.imageio import case_name, output_name
 from fusionseg_kernels.inference.sliding_window import compute_steps, gaussian_importance, predict_logits_exact
 from test_predict_support import (TINY_PATCH, ct_volume, leftovers, make_model_folder, rotation_direction,
                                   threads, write_volume)

@@ -14,7 +14,7 @@ import torch
 from fusionseg_kernels.cli import main
 from fusionseg_kernels.errors import CheckpointError, InputImageError, ModelFolderError
 from fusionseg_kernels.inference import PredictOptions, Predictor, create_model_folder, load_model_folder
-from fusionseg_kernels.inference.io import read_header
+from fusionseg_kernels.imageio import read_header
 from test_predict_support import (ct_volume, leftovers, make_model_folder, threads, tiny_network, tiny_plans,
                                   write_volume)
 
@@ -71,7 +71,7 @@ def test_bad_cases_are_reported_and_skipped(model, tmp_path, capsys):
 def test_huge_header_refused_before_reading(tmp_path):
     header = read_header(huge_header(tmp_path / "h.mha"))
     assert header.n_voxels == 4000 ** 3 and header.bytes_per_voxel == 2
-    from fusionseg_kernels.inference.io import check_fits_in_memory
+    from fusionseg_kernels.inference.memory import check_fits_in_memory
 
     with pytest.raises(InputImageError, match="h.mha declares 4000x4000x4000"):
         check_fits_in_memory(header, header.n_voxels * 3)

@@ -21,7 +21,8 @@ import pytest
 from fusionseg_kernels import profiling
 from fusionseg_kernels.cli import main as cli_main
 from fusionseg_kernels.errors import FusionsegError
-from fusionseg_kernels.profiling import (MemorySampler, NvmlSource, ProcessTreeRssSource, nifti_size,
+from fusionseg_kernels.imageio import nifti_dims
+from fusionseg_kernels.profiling import (MemorySampler, NvmlSource, ProcessTreeRssSource,
                                          profile_cases, profile_command, profile_memory, summarize)
 
 PY = sys.executable
@@ -245,11 +246,11 @@ FAKE_PREDICT = textwrap.dedent("""
 """)
 
 
-def test_nifti_size_reads_header(tmp_path):
+def test_nifti_dims_reads_header(tmp_path):
     p = write_case(tmp_path, "c", (12, 10, 7))
-    assert nifti_size(p) == [12, 10, 7]
+    assert nifti_dims(p) == [12, 10, 7]
     (tmp_path / "x_0000.nii.gz").write_bytes(b"not an image")
-    assert nifti_size(tmp_path / "x_0000.nii.gz") is None
+    assert nifti_dims(tmp_path / "x_0000.nii.gz") is None
 
 
 def test_per_case_protocol_on_two_cases(tmp_path, capsys):

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
-import report  # noqa: E402
+from bench import report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LLC = 32 << 20
@@ -24,7 +23,7 @@ def env():
     return {"device": "CPU: Test CPU", "driver": None, "torch": "2.14.1", "triton": "3.8.0", "cuda": None,
             "python": "3.11.7", "cpu": "Test CPU", "cpu_count": 2, "cpu_capability": "AVX2", "threads": 2,
             "commit": "0123456789abcdef", "dirty": False, "allocator_env": {}, "date_utc": "2026-12-01T10:00:00+00:00",
-            "command": "python bench/run.py"}
+            "command": "python -m bench.run"}
 
 
 def cpu_row(shape, calls, ref, cpu, comp):
@@ -116,7 +115,7 @@ def stored(tmp_path):
 
 def test_report_regenerated_from_results_json(stored):
     folder, results = stored
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), str(folder)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bench.report", str(folder)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("report.md")

@@ -328,13 +328,7 @@ def test_kernels_compile_for_hopper_and_ada_with_the_launchers_specialization():
     weight-gradient stage use no local memory; the backward on such unaligned rows (element-wise
     loads) may spill a little (docs/triton.md), the network's aligned calls do not
     (tests/test_gpu_static.py)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_static.py"
-    spec = importlib.util.spec_from_file_location("gpu_static", path)
-    gs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gs)
+    from bench import gpu_static as gs
     [entry] = gs.triton_kernels("sm_89", "fp16", [((1, 40, 7, 13, 70), 5, 1)], {}, log=lambda *a: None)
     assert entry["forward"] and entry["backward"]
     for k in entry["forward"] + [b["weight_grad"] for b in entry["backward"]]:
@@ -348,14 +342,9 @@ def test_kernels_compile_for_hopper_and_ada_with_the_launchers_specialization():
 
 
 def _load_bench():
-    import importlib.util
-    from pathlib import Path
+    from bench import bench_gpu_kernels
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "bench_gpu_kernels.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu_kernels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_gpu_kernels
 
 
 def test_gpu_table_records_the_fastest_backend_that_passed(tmp_path, monkeypatch):

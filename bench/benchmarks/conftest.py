@@ -15,7 +15,9 @@ import os
 import pytest
 import torch
 
-from benchsupport import DEVICE, ROUNDS, SCALE, common
+from benchsupport import DEVICE, ROUNDS, SCALE
+
+from bench import harness as common
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -6,12 +6,15 @@ import math
 import pytest
 import torch
 
-from benchsupport import BACKENDS, DEVICE, DTYPES, ROUNDS, SCALE, TORCH_DTYPES, common, require_backend, sync
+from benchsupport import BACKENDS, DEVICE, DTYPES, ROUNDS, SCALE, TORCH_DTYPES, require_backend, sync
+
+from bench import harness as common
 
 import fusionseg_kernels as fk
+from fusionseg_kernels.testing import make_op_args
 
 BATCH = 1 if DEVICE == "cpu" else 2
-CALLS = sorted(common.network_layer_calls("dual_branch", batch=BATCH, scale=SCALE),
+CALLS = sorted(common.network_layer_calls(batch=BATCH, scale=SCALE),
                key=lambda c: -math.prod(c[0]))[:2]
 
 
@@ -29,7 +32,7 @@ def test_op(benchmark, backend, call, mode, dtype):
     dt = TORCH_DTYPES[dtype]
     grad = mode == "fwdbwd"
     x = torch.randn(shape, device=DEVICE, dtype=dt).requires_grad_(grad)
-    args = common.op_arguments(shape[1], gc, dtype=dt, device=DEVICE, requires_grad=grad)
+    args = make_op_args(shape[1], gc, dtype=dt, device=DEVICE, requires_grad=grad)
     gy = torch.randn(shape, device=DEVICE, dtype=dt)
     inputs = [x] + args
 

@@ -1,6 +1,6 @@
 """A tiny demo set-up for ``fusionseg predict``: a model folder and synthetic CT files.
 
-    python -m fusionseg_kernels.inference.demo FOLDER [--cases N] [--size Z Y X]
+    fusionseg demo FOLDER [--cases N] [--size Z Y X]   (or python -m fusionseg_kernels.inference.demo ...)
 
 writes FOLDER/model (an nnU-Net model folder: the release's plans with a reduced network and
 patch, random weights, trainer ``nnUNetTrainernew``) and FOLDER/images/<case>_0000.nii.gz.
@@ -9,7 +9,6 @@ options in seconds on a CPU.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 DEMO_FEATURES = (8, 16, 16, 32)
@@ -61,15 +60,10 @@ def make_demo(folder: str | Path, cases: int = 2, size=(16, 48, 48), spacing=(4.
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fusionseg_kernels.inference.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", type=Path)
-    p.add_argument("--cases", type=int, default=2)
-    p.add_argument("--size", type=int, nargs=3, default=(16, 48, 48), metavar=("Z", "Y", "X"))
-    args = p.parse_args(argv)
-    model, images = make_demo(args.folder, args.cases, args.size)
-    print(f"model folder: {model}\nimages:       {images}")
-    return 0
+    """``python -m fusionseg_kernels.inference.demo``: the same as ``fusionseg demo``."""
+    from fusionseg_kernels.cli import main as cli_main
+
+    return cli_main(["demo", *(argv if argv is not None else __import__("sys").argv[1:])])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
+
+from fusionseg_kernels import config
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -25,8 +26,9 @@ def keep_freed_memory(enable: bool = True) -> str:
     "glibc default" (disabled, or not glibc)."""
     if _state["setting"] is not None:
         return _state["setting"]
-    if any(v in os.environ for v in _ENV):
-        _state["setting"] = "environment (" + " ".join(f"{v}={os.environ[v]}" for v in _ENV if v in os.environ) + ")"
+    given = {v: config.text(v) for v in _ENV if config.is_set(v)}
+    if given:
+        _state["setting"] = "environment (" + " ".join(f"{v}={value}" for v, value in given.items()) + ")"
         return _state["setting"]
     setting = "glibc default"
     if enable:

@@ -4,13 +4,9 @@ A model folder holds ``plans.json``, ``dataset.json`` and ``fold_<f>/checkpoint_
 ``checkpoint_best.pth``) for one or more folds — what ``nnUNetv2_train`` leaves behind and what
 ``nnUNetv2_predict -d/-tr/-p/-c`` or ``nnUNetv2_predict_from_modelfolder`` reads.
 
-The network is chosen as this package's nnU-Net trainer builds it (the one rule for both
-``fusionseg predict`` and ``nnUNetv2_predict``): the released trainer (``nnUNetTrainernew``)
-builds the dual-branch network from the plans when they name it
-(``fusionseg_kernels.models.DualBranchUNet``, e.g. after ``fusionseg nnunet-plans``), and the
-released architecture otherwise (the release's own plans name nnU-Net's ``PlainConvUNet``); any
-other trainer gets the plans' ``network_class_name`` (nnU-Net's ``PlainConvUNet`` and this
-package's three classes are understood).
+The network is the one `fusionseg_kernels.nnunet.architecture` decides from the checkpoint's
+trainer name and the plans' configuration: the rule this package's nnU-Net trainers use, so
+``fusionseg predict`` and ``nnUNetv2_predict`` build the same network from the same folder.
 """
 from __future__ import annotations
 
@@ -24,11 +20,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from fusionseg_kernels import atomic
-from fusionseg_kernels.errors import CheckpointError, ModelFolderError
+from fusionseg_kernels import atomic, imageio
+from fusionseg_kernels.errors import CheckpointError, ModelFolderError, PlansError
+from fusionseg_kernels.nnunet.architecture import (RELEASED_TRAINER, architecture_entry, build_network, network_spec,
+                                                   released_arch_kwargs)
 
-#: the trainer of the released FLARE 2025 model
-RELEASED_TRAINER = "nnUNetTrainernew"
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 
 #: CT intensity statistics of the release's foreground (used by CTNormalization)
@@ -47,25 +43,7 @@ def released_plans(patch_size: Sequence[int] = (96, 128, 128),
     (spacing, patch, CT normalization, resampling functions), naming this package's
     ``DualBranchUNet`` with the given sizes (as ``fusionseg nnunet-plans`` writes them). Patch and
     features may be reduced for tests and demos; every stage has 3x3x3 kernels and two convolutions."""
-    n = len(features_per_stage)
-    if len(strides) != n:
-        raise ValueError(f"{n} features_per_stage but {len(strides)} strides")
-    arch_kwargs = {
-        "n_stages": n,
-        "features_per_stage": [int(f) for f in features_per_stage],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3] for _ in range(n)],
-        "strides": [[int(s) for s in st] for st in strides],
-        "n_conv_per_stage": [2] * n,
-        "n_conv_per_stage_decoder": [2] * (n - 1),
-        "conv_bias": False,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": False},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    arch_kwargs = released_arch_kwargs("dual", features_per_stage, strides)
     config = {
         "data_identifier": "nnUNetPlans_3d_fullres",
         "preprocessor_name": "DefaultPreprocessor",
@@ -82,11 +60,7 @@ def released_plans(patch_size: Sequence[int] = (96, 128, 128),
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
                                                "force_separate_z": None},
-        "architecture": {
-            "network_class_name": "fusionseg_kernels.models.DualBranchUNet",
-            "arch_kwargs": arch_kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-        },
+        "architecture": architecture_entry("dual", arch_kwargs),
         "batch_dice": False,
     }
     return {
@@ -105,8 +79,8 @@ def released_plans(patch_size: Sequence[int] = (96, 128, 128),
 
 
 def released_dataset_json(num_training: int = 0) -> dict:
-    return {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
-            "numTraining": int(num_training), "file_ending": ".nii.gz"}
+    """The release's dataset.json: one CT channel, background 0 and lesion 1."""
+    return imageio.dataset_json(num_training)
 
 
 def create_model_folder(folder: str | os.PathLike, networks: torch.nn.Module | Sequence[torch.nn.Module],
@@ -189,10 +163,6 @@ class ModelBundle:
     def transpose_backward(self) -> list[int]:
         return [int(i) for i in self.plans.get("transpose_backward", [0, 1, 2])]
 
-    def load_fold(self, i: int) -> torch.nn.Module:
-        self.network.load_state_dict(self.fold_weights[i])
-        return self.network
-
 
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
@@ -249,33 +219,16 @@ def _read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-_CLASS_BY_NAME = {"PlainConvUNet": "PlainConvUNet", "DualBranchUNet": "DualBranchUNet",
-                  "SingleBranchUNet": "SingleBranchUNet"}
-
-
-def build_network(trainer_name: str | None, configuration: dict, input_channels: int, num_classes: int,
-                  backend: str = "auto", plans_path: Path | None = None) -> torch.nn.Module:
-    """The network a trainer would build for this configuration (see the module docstring)."""
-    from fusionseg_kernels import models
-
-    arch = configuration.get("architecture") or {}
-    kwargs = arch.get("arch_kwargs") or {}
-    where = plans_path or "plans.json"
+def network_for(trainer_name: str | None, configuration: dict, input_channels: int, num_classes: int,
+                backend: str = "auto", plans_path: Path | None = None) -> torch.nn.Module:
+    """The network the trainer `trainer_name` builds for this configuration (the architecture
+    rule), its patch size checked. A refusal names the plans file."""
     try:
-        name = str(arch.get("network_class_name", "")).rsplit(".", 1)[-1]
-        if trainer_name == RELEASED_TRAINER and name != "DualBranchUNet":
-            return models.DualBranchUNet(input_channels=input_channels, num_classes=num_classes,
-                                         backend=backend)
-        if name not in _CLASS_BY_NAME:
-            raise ModelFolderError(
-                f"{where}: network_class_name {arch.get('network_class_name')!r} (trainer {trainer_name!r}) "
-                f"is not one of {', '.join(sorted(_CLASS_BY_NAME))}.")
-        cls = getattr(models, _CLASS_BY_NAME[name])
-        return cls.from_plans(kwargs, input_channels, num_classes, backend=backend)
-    except ModelFolderError:
-        raise
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelFolderError(f"{where}: the architecture cannot be built ({err}).") from None
+        spec = network_spec(trainer_name, configuration)
+        return build_network(spec, input_channels, num_classes, backend=backend,
+                             patch_size=configuration.get("patch_size"))
+    except PlansError as err:
+        raise ModelFolderError(f"{plans_path or 'plans.json'}: {err}.") from None
 
 
 def load_model_folder(folder: str | os.PathLike, folds: Sequence[str | int] | None = None,
@@ -317,8 +270,7 @@ def load_model_folder(folder: str | os.PathLike, folds: Sequence[str | int] | No
     if input_channels != 1:
         raise ModelFolderError(f"{folder / 'dataset.json'} declares {input_channels} input channels; "
                                f"only single-channel CT models are supported.")
-    network = build_network(trainer_name, config, input_channels, num_classes, backend,
-                            folder / "plans.json")
+    network = network_for(trainer_name, config, input_channels, num_classes, backend, folder / "plans.json")
     weights = []
     for f, path, ckpt in checkpoints:
         if ckpt.get("trainer_name") != trainer_name:

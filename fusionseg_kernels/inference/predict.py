@@ -24,8 +24,11 @@ import numpy as np
 import torch
 
 from fusionseg_kernels.errors import EnvironmentSetupError, FusionsegError, ModelFolderError
+from fusionseg_kernels.parameters import check_step, check_threads
 
-from . import io
+from fusionseg_kernels import imageio as io
+
+from .memory import check_fits_in_memory
 from .model_folder import ModelBundle, load_model_folder
 from .preprocessing import exact_preprocess, fast_preprocess, new_shape, normalization_of, require_nnunetv2
 from .sliding_window import (is_oom, predict_labels_fast, predict_logits_exact, tile_slices, pad_amounts,
@@ -108,12 +111,11 @@ class Predictor:
             raise ValueError(f"mode must be 'fast' or 'exact', got {o.mode!r}")
         if o.precision not in _AMP:
             raise ValueError(f"precision must be one of {', '.join(_AMP)}, got {o.precision!r}")
-        if not 0 < float(o.step) <= 1:
-            raise ValueError(f"step must be in (0, 1], got {o.step}")
+        o.step = check_step(o.step)
         if o.mode == "exact":
             require_nnunetv2()
         if o.threads is not None:
-            torch.set_num_threads(int(o.threads))
+            torch.set_num_threads(check_threads(o.threads))
         self.device = resolve_device(o.device)
         self.bundle = (model_folder if isinstance(model_folder, ModelBundle)
                        else load_model_folder(model_folder, o.folds, backend=o.backend))
@@ -157,7 +159,7 @@ class Predictor:
         t_start = time.perf_counter()
         with clock("read"):
             header = io.read_header(src)
-            io.check_fits_in_memory(header, self.memory_needed(header))
+            check_fits_in_memory(header, self.memory_needed(header))
             io.check_complete(header)
             image, voxels = io.read_image(header)
             geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())

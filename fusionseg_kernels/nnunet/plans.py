@@ -11,47 +11,28 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from fusionseg_kernels import atomic
-from fusionseg_kernels.errors import FusionsegError
+from fusionseg_kernels import atomic, config
+from fusionseg_kernels.errors import PlansError
 
-NETWORK_CLASS_NAMES = {
-    "dual": "fusionseg_kernels.models.DualBranchUNet",
-    "single": "fusionseg_kernels.models.SingleBranchUNet",
-    "plain": "fusionseg_kernels.models.PlainConvUNet",
-}
+from .architecture import (NETWORK_CLASS_NAMES, architecture_entry, build_network, network_spec, plans_network,
+                           released_arch_kwargs)
+
 DEFAULT_PLANS_NAME = "nnUNetPlans_fusionseg"
-_REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+# nnU-Net uses a plans identifier as a file name in the dataset's folder and in result folder names
+_PLANS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-class PlansError(FusionsegError, ValueError):
-    """A plans file that cannot be found, read or rewritten as asked."""
-
-
-def _released_arch_kwargs(network: str) -> dict[str, Any]:
-    from fusionseg_kernels.models import NETWORKS
-
-    d = NETWORKS[network].defaults
-    n = len(d["features_per_stage"])
-    return {
-        "n_stages": n,
-        "features_per_stage": list(d["features_per_stage"]),
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[d["kernel_sizes"]] * 3] * n,
-        "strides": [list(s) for s in d["strides"]],
-        "n_conv_per_stage": [d["n_conv_per_stage"]] * n,
-        "n_conv_per_stage_decoder": [d["n_conv_per_stage_decoder"]] * (n - 1),
-        "conv_bias": d["conv_bias"],
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": d["norm_eps"], "affine": d["norm_affine"]},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"negative_slope": d["negative_slope"], "inplace": True},
-    }
+def check_plans_name(name: str) -> str:
+    """A plans identifier is a name, not a path: letters, digits, ``_``, ``-`` and ``.``, not
+    ``..`` and no separators (so the plans are written beside their source and nowhere else)."""
+    if not isinstance(name, str) or not _PLANS_NAME.fullmatch(name) or ".." in name:
+        raise PlansError(f"the plans name {name!r} is not a plain name (letters, digits, _, - and ., "
+                         f"no path separators or ..)")
+    return name
 
 
 def fusionseg_architecture(network: str = "dual", features: Sequence[int] | None = None,
@@ -60,26 +41,27 @@ def fusionseg_architecture(network: str = "dual", features: Sequence[int] | None
 
     "dual" and "single" get the released architecture (5 stages, 32…320 features, strides
     (1,1,1), (2,2,2) ×3, (1,2,2)). "plain" takes the ``arch_kwargs`` of `source_architecture` (what
-    nnU-Net planned for the dataset) when it is nnU-Net's PlainConvUNet, else the FLARE plan.
+    nnU-Net planned for the dataset) when it names a PlainConvUNet, else the FLARE plan.
     `features` replaces ``features_per_stage`` (one per stage)."""
     if network not in NETWORK_CLASS_NAMES:
         raise PlansError(f"unknown network {network!r}; choose one of {', '.join(NETWORK_CLASS_NAMES)}")
-    source_kwargs = (source_architecture or {}).get("arch_kwargs")
-    source_name = str((source_architecture or {}).get("network_class_name", ""))
-    if network == "plain" and source_kwargs and source_name.rsplit(".", 1)[-1] == "PlainConvUNet":
+    source = source_architecture if isinstance(source_architecture, dict) else {}
+    source_kwargs = source.get("arch_kwargs")
+    source_name = str(source.get("network_class_name", ""))
+    planned_plain = source_name.rsplit(".", 1)[-1] == "PlainConvUNet" and plans_network(source_name) is None
+    if network == "plain" and isinstance(source_kwargs, dict) and planned_plain:
         arch_kwargs = copy.deepcopy(source_kwargs)
     else:
-        arch_kwargs = _released_arch_kwargs(network)
+        arch_kwargs = released_arch_kwargs(network)
     if features is not None:
         features = [int(f) for f in features]
         if len(features) != len(arch_kwargs["features_per_stage"]):
             raise PlansError(f"--features needs {len(arch_kwargs['features_per_stage'])} values (one per stage), got {len(features)}")
         arch_kwargs["features_per_stage"] = features
-    return {"network_class_name": NETWORK_CLASS_NAMES[network], "arch_kwargs": arch_kwargs,
-            "_kw_requires_import": list(_REQUIRES_IMPORT)}
+    return architecture_entry(network, arch_kwargs)
 
 
-def resolve_plans_file(dataset: str | os.PathLike, source_plans: str = "nnUNetPlans") -> Path:
+def resolve_plans_file(dataset: str | Path, source_plans: str = "nnUNetPlans") -> Path:
     """The plans file meant by `dataset`: a plans .json file, a preprocessed dataset folder, or a
     dataset name or id looked up in ``$nnUNet_preprocessed``."""
     path = Path(dataset)
@@ -90,7 +72,7 @@ def resolve_plans_file(dataset: str | os.PathLike, source_plans: str = "nnUNetPl
     if path.is_dir():
         folder = path
     else:
-        root = os.environ.get("nnUNet_preprocessed")
+        root = config.text("nnUNet_preprocessed")
         if not root:
             raise PlansError(f"{dataset} is neither a plans file nor a folder, and nnUNet_preprocessed is not set "
                              f"to look it up as a dataset name or id")
@@ -117,7 +99,7 @@ def _dataset_channels_and_classes(plans_file: Path) -> tuple[int, int]:
         return 1, 2
 
 
-def rewrite_plans(dataset: str | os.PathLike, network: str = "dual", plans_name: str = DEFAULT_PLANS_NAME,
+def rewrite_plans(dataset: str | Path, network: str = "dual", plans_name: str = DEFAULT_PLANS_NAME,
                   source_plans: str = "nnUNetPlans", configuration: str = "3d_fullres",
                   patch_size: Sequence[int] | None = None, features: Sequence[int] | None = None,
                   batch_size: int | None = None) -> Path:
@@ -132,42 +114,42 @@ def rewrite_plans(dataset: str | os.PathLike, network: str = "dual", plans_name:
     """
     import torch
 
-    from fusionseg_kernels.models import NETWORKS
-
+    check_plans_name(plans_name)
     plans_file = resolve_plans_file(dataset, source_plans)
     try:
         plans = json.loads(plans_file.read_text())
-    except ValueError as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise PlansError(f"{plans_file} is not valid JSON ({err})") from None
+    if not isinstance(plans, dict):
+        raise PlansError(f"{plans_file} does not hold a JSON object (it holds a {type(plans).__name__})")
     if plans_name == plans_file.stem:
         raise PlansError(f"the new plans identifier must differ from the source's ({plans_name})")
-    configs = plans.get("configurations", {})
+    configs = plans.get("configurations")
+    if not isinstance(configs, dict):
+        raise PlansError(f"{plans_file}: 'configurations' is not a JSON object")
     if configuration not in configs:
         raise PlansError(f"{plans_file} has no configuration {configuration!r} (it has {', '.join(configs)})")
+    if not isinstance(configs[configuration], dict):
+        raise PlansError(f"{plans_file}: configuration {configuration!r} is not a JSON object")
     new = copy.deepcopy(plans)
     new["plans_name"] = plans_name
-    config = new["configurations"][configuration]
-    if "inherits_from" in config:
-        raise PlansError(f"configuration {configuration!r} inherits from {config['inherits_from']!r}; rewrite that one")
-    config["architecture"] = fusionseg_architecture(network, features, config.get("architecture"))
+    entry = new["configurations"][configuration]
+    if "inherits_from" in entry:
+        raise PlansError(f"configuration {configuration!r} inherits from {entry['inherits_from']!r}; rewrite that one")
+    entry["architecture"] = fusionseg_architecture(network, features, entry.get("architecture"))
     if patch_size is not None:
-        config["patch_size"] = [int(p) for p in patch_size]
+        entry["patch_size"] = [int(p) for p in patch_size]
     if batch_size is not None:
         if int(batch_size) < 1:
             raise PlansError(f"batch size must be positive, got {batch_size}")
-        config["batch_size"] = int(batch_size)
-    patch = tuple(int(p) for p in config.get("patch_size", ()))
-    if len(patch) != 3:
-        raise PlansError(f"configuration {configuration!r} has patch size {list(patch)}; these networks are 3-D")
+        entry["batch_size"] = int(batch_size)
+    patch = entry.get("patch_size")
+    if not isinstance(patch, list) or len(patch) != 3:
+        raise PlansError(f"configuration {configuration!r} has patch size {patch}; these networks are 3-D")
     in_channels, n_classes = _dataset_channels_and_classes(plans_file)
-    cls = NETWORKS[network]
-    with torch.device("meta"):
-        model = cls.from_plans(config["architecture"], in_channels, n_classes, backend="reference")
-    fitting = model.suggest_input_size(patch)
-    if fitting != patch:
-        raise PlansError(f"patch size {list(patch)} does not fit {cls.__name__} (total stride "
-                         f"{list(model.total_stride)}, smallest sizes {[list(s) for s in model.min_input_sizes]}); "
-                         f"pass --patch {' '.join(map(str, fitting))} or another fitting size")
+    spec = network_spec(None, entry)
+    with torch.device("meta"):  # the same checks a trainer makes, without allocating weights
+        build_network(spec, in_channels, n_classes, backend="reference", patch_size=patch)
     target = plans_file.parent / f"{plans_name}.json"
     atomic.write_json(target, new, indent=4)
     return target

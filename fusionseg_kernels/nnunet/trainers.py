@@ -9,13 +9,11 @@
     <each of them>_bf16               training and validation steps under bfloat16 autocast (no
                                       gradient scaler), on CUDA and on the CPU
 
-The network comes from the plans: when the configuration's ``network_class_name`` is this
-trainer's network (plans written by ``fusionseg nnunet-plans``), nnU-Net's own
-``get_network_from_plans`` builds it from the plans' ``arch_kwargs``; when the plans name
-nnU-Net's own network (the default nnUNetPlans), the dual- and single-branch trainers build the
-released architecture — what the released trainer did — and the plain trainer builds
-PlainConvUNet from the plans' ``arch_kwargs``. The InceptionDWConv3d backend is
-``$FUSIONSEG_BACKEND`` (default "auto").
+The network is what `fusionseg_kernels.nnunet.architecture` decides for the trainer's name and
+the plans (the same rule ``fusionseg predict`` applies to a model folder): the plans' network
+when they name one of this package's (``fusionseg nnunet-plans``), else the released
+architecture for the dual- and single-branch trainers and PlainConvUNet with the plans' sizes for
+the plain one. The InceptionDWConv3d backend is ``$FUSIONSEG_BACKEND`` (default "auto").
 
 Checkpoints hold the network's weights in the released form (880 aliased keys for the released
 network), so a checkpoint written here loads into the original code and the released checkpoint
@@ -24,24 +22,19 @@ loads here — in this package, in nnU-Net's predictor and when continuing train
 from __future__ import annotations
 
 import contextlib
-import pydoc
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch._dynamo import OptimizedModule
 
-from fusionseg_kernels.models import DualBranchUNet, PlainConvUNet, SingleBranchUNet
-from fusionseg_kernels.models.networks import _UNet
-
+from .architecture import build_network, network_spec
 from .env import backend_from_env, threads_from_env, training_length_from_env
-from .plans import PlansError
 
 __all__ = ["nnUNetTrainernew", "nnUNetTrainernew_bf16", "nnUNetTrainerFusionsegSingle",
            "nnUNetTrainerFusionsegSingle_bf16", "nnUNetTrainerFusionsegPlain", "nnUNetTrainerFusionsegPlain_bf16",
-           "build_network", "unwrap_network"]
+           "unwrap_network"]
 
 
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -51,60 +44,6 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     if isinstance(network, OptimizedModule):
         network = network._orig_mod
     return network
-
-
-def build_network(network_cls: type[_UNet], arch_class_name: str, arch_kwargs: dict,
-                  arch_kwargs_req_import: Sequence[str], num_input_channels: int, num_output_channels: int,
-                  enable_deep_supervision: bool, patch_size: Sequence[int] | None = None) -> _UNet:
-    """`network_cls` as the plans describe it (see the module docstring), with the backend of
-    ``$FUSIONSEG_BACKEND``; checks that `patch_size` (when given) fits the network."""
-    backend = backend_from_env()
-    located = pydoc.locate(arch_class_name) if arch_class_name else None
-    if isinstance(located, type) and issubclass(located, _UNet):
-        if not issubclass(located, network_cls):
-            raise PlansError(f"the plans name {located.__name__} but this trainer trains {network_cls.__name__}; "
-                             f"use the trainer for {located.__name__} or rewrite the plans with "
-                             f"fusionseg nnunet-plans --network")
-        network = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, num_input_channels,
-                                         num_output_channels, allow_init=True,
-                                         deep_supervision=enable_deep_supervision)
-        network.set_backend(backend)
-    elif network_cls is PlainConvUNet:
-        network = PlainConvUNet.from_plans(arch_kwargs, num_input_channels, num_output_channels, backend=backend,
-                                           deep_supervision=enable_deep_supervision)
-    else:
-        network = network_cls(input_channels=num_input_channels, num_classes=num_output_channels, backend=backend,
-                              deep_supervision=enable_deep_supervision)
-    if patch_size is not None:
-        patch = tuple(int(p) for p in patch_size)
-        if len(patch) != 3 or network.suggest_input_size(patch) != patch:
-            fitting = network.suggest_input_size(patch) if len(patch) == 3 else None
-            raise PlansError(f"the plans' patch size {list(patch)} does not fit {network_cls.__name__} (total stride "
-                             f"{list(network.total_stride)}); rewrite the plans with fusionseg nnunet-plans"
-                             + (f" --patch {' '.join(map(str, fitting))}" if fitting else ""))
-    return network
-
-
-def _network_builder(network_cls: type[_UNet]):
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                   *more, enable_deep_supervision: bool = True) -> torch.nn.Module:
-        """nnU-Net's hook (also called at inference). Accepts nnU-Net >= 2.8's arguments
-        (plans_manager, configuration_manager, num_input_channels, num_output_channels,
-        enable_deep_supervision) and the older (architecture_class_name, arch_init_kwargs,
-        arch_init_kwargs_req_import, num_input_channels, num_output_channels, enable_deep_supervision)."""
-        if isinstance(plans_manager, str):  # the pre-2.8 signature
-            if not more:
-                raise TypeError("build_network_architecture needs num_output_channels")
-            args = (plans_manager, dict(configuration_manager), list(num_input_channels), num_output_channels, more[0])
-            ds = more[1] if len(more) > 1 else enable_deep_supervision
-            return build_network(network_cls, *args, enable_deep_supervision=bool(ds))
-        ds = more[0] if more else enable_deep_supervision
-        cm = configuration_manager
-        return build_network(network_cls, cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                             cm.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
-                             bool(ds), patch_size=cm.patch_size)
-
-    return staticmethod(build_network_architecture)
 
 
 class _FusionsegTrainer(nnUNetTrainer):
@@ -126,6 +65,34 @@ class _FusionsegTrainer(nnUNetTrainer):
         threads = threads_from_env()
         if threads is not None:
             torch.set_num_threads(threads)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, *more, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        """nnU-Net's hook, at training and at inference (``nnUNetv2_predict``): the network the
+        architecture rule gives for this trainer's name and the plans, with the backend of
+        ``$FUSIONSEG_BACKEND``. Accepts nnU-Net >= 2.8's arguments (plans_manager,
+        configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+        and the older (architecture_class_name, arch_init_kwargs, arch_init_kwargs_req_import,
+        num_input_channels, num_output_channels, enable_deep_supervision)."""
+        if isinstance(plans_manager, str):
+            # the pre-2.8 signature (class name, arch_kwargs, req_import, in, out[, deep supervision]):
+            # the arguments sit one place later, and there is no patch size to check
+            if not more:
+                raise TypeError("build_network_architecture needs num_output_channels")
+            configuration: dict[str, Any] = {"architecture": {"network_class_name": plans_manager,
+                                                              "arch_kwargs": dict(configuration_manager)}}
+            in_channels, out_channels = num_output_channels, more[0]
+            deep_supervision = more[1] if len(more) > 1 else enable_deep_supervision
+            patch = None
+        else:
+            configuration = configuration_manager.configuration
+            in_channels, out_channels = num_input_channels, num_output_channels
+            deep_supervision = more[0] if more else enable_deep_supervision
+            patch = configuration_manager.patch_size
+        spec = network_spec(cls.__name__, configuration)
+        return build_network(spec, in_channels, out_channels, backend=backend_from_env(),
+                             deep_supervision=bool(deep_supervision), patch_size=patch)
 
     def configure_optimizers(self):
         network = unwrap_network(self.network)
@@ -183,19 +150,13 @@ class _BFloat16Autocast:
 class nnUNetTrainernew(_FusionsegTrainer):
     """The released trainer: DualBranchUNet with the release's recipe."""
 
-    build_network_architecture = _network_builder(DualBranchUNet)
-
 
 class nnUNetTrainerFusionsegSingle(_FusionsegTrainer):
     """SingleBranchUNet (the paper's ablation) with the release's recipe."""
 
-    build_network_architecture = _network_builder(SingleBranchUNet)
-
 
 class nnUNetTrainerFusionsegPlain(_FusionsegTrainer):
     """PlainConvUNet (nnU-Net's planned U-Net, built from this package) with the release's recipe."""
-
-    build_network_architecture = _network_builder(PlainConvUNet)
 
 
 class nnUNetTrainernew_bf16(_BFloat16Autocast, nnUNetTrainernew):

@@ -204,14 +204,13 @@ def test_partials_rows_unused_by_the_running_config_are_zeroed():
     cfg = triton_impl.CONFIGS[0]
     small = triton.Config({"BLOCK_C": 1, "BLOCK_D": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=4)
     gx = torch.empty_like(x)
-    grid, bargs, kwargs, partials, _ = triton_impl._backward_launch_args(
-        gy, x, gx, weights, [cfg, small])
+    launch, partials = triton_impl.backward_launch(gy, x, gx, weights, [cfg, small])
     # (conv channels, taps + 1, N * max tiles): the small config's 3 x 3 x 2 tiles
     assert partials.shape == (8, 28, 2 * 3 * 3 * 2)
     partials.view(torch.int32).fill_(0x7F800001)  # a signaling NaN's bits
-    triton_impl._idc_backward_kernel.fn[grid](*bargs, **kwargs, **cfg.all_kwargs())
-    grid, wargs, wkw, grad_w, grad_b = triton_impl._weight_grad_launch_args(partials, weights)
-    triton_impl._idc_weight_grad_kernel[grid](*wargs, **wkw)
+    launch.jit_function[launch.grid](*launch.args, **launch.kwargs, **cfg.all_kwargs())
+    launch, grad_w, grad_b = triton_impl.weight_grad_launch(partials, weights)
+    launch.kernel[launch.grid](*launch.args, **launch.kwargs)
     _, ref = reference_outputs(x, args, gy)
     assert rel_l2(gx, ref[0]) < 1e-5
     for i in range(4):

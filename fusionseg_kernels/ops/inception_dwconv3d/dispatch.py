@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from ..._extension import extension_available, extension_status, has_cuda_kernels
+from ..._extension import extension_status, has_cuda_kernels
+from ... import config
+from ...errors import BackendUnavailableError
 
 log = logging.getLogger("fusionseg_kernels.dispatch")
 
@@ -30,10 +31,6 @@ PREFERENCE = {
     "meta": ("cpu", "reference"),  # the C++ op's meta kernel gives shapes and FLOP counts
 }
 _CHOICES: dict = {}
-
-
-class BackendUnavailableError(RuntimeError):
-    """The requested backend is not built or cannot run on these tensors."""
 
 
 def check_backend_name(name) -> str:
@@ -134,11 +131,24 @@ def can_run(backend: str, device_type: str) -> tuple[bool, str]:
         ok, why = triton_status()
         if not ok:
             return False, why
-        if device_type in ("cuda", "meta") or (device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        if device_type in ("cuda", "meta") or (device_type == "cpu" and config.triton_interpret()):
             return True, "the triton backend is available"
         return False, ("the triton backend runs on CUDA tensors (or on CPU tensors with "
                        "TRITON_INTERPRET=1), got a tensor on " + device_type)
     raise AssertionError(backend)  # "auto" is resolved by _choose
+
+
+def available_backends(device_type: str, fused_only: bool = False) -> list[str]:
+    """The backends that can run on tensors of `device_type` ("cpu", "cuda") on this machine,
+    "reference" first (left out with `fused_only`), then the fused ones in the preference order
+    of "auto". The one answer to "what can I benchmark or test here"."""
+    names = [] if fused_only else ["reference"]
+    for backend in ("cpu", "triton", "cuda"):
+        if device_type == "cpu" and backend == "triton":
+            continue  # the interpreter runs Triton kernels on CPU tensors, but only for tests
+        if can_run(backend, device_type)[0]:
+            names.append(backend)
+    return names
 
 
 def check_backend(backend: str, x: torch.Tensor) -> None:

@@ -1,0 +1,364 @@
+"""Image files: case naming and discovery, header checks, reading and writing — the one module
+every part of the project (inference, evaluation, profiling, the synthetic data) uses for them.
+
+- Naming: ``<case>_0000.nii.gz`` is channel 0 of ``<case>`` (nnU-Net and FLARE naming); its mask
+  is ``<case>.nii.gz``. `list_inputs` finds the images to segment, `find_case_images` the
+  ``<case>_0000`` images of a folder (FLARE's per-case protocol), `find_masks` the
+  ``<case>.nii.gz`` masks of a folder (evaluation).
+- Headers are checked before any voxel is read (`read_header`, `check_complete`): dimension,
+  pixel type, empty axes, and whether the file holds the voxel bytes its header declares.
+  `nifti_dims` reads a NIfTI header's sizes without SimpleITK.
+- Reading and writing go through SimpleITK; its multi-line errors are trimmed to their reason
+  (`itk_reason`). Every file is written under a temporary name and renamed into place.
+- `dataset_json` builds nnU-Net's ``dataset.json`` for a CT lesion dataset.
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from fusionseg_kernels import atomic
+from fusionseg_kernels.errors import InputImageError, OutputFolderError
+
+#: file endings read as images (longest first, so ".nii.gz" wins over ".gz")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: the ending a mask gets for each input ending (header/data pairs become single files)
+_OUTPUT_SUFFIX = {".nii.gz": ".nii.gz", ".nii": ".nii", ".mha": ".mha", ".mhd": ".mha",
+                  ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+_CHANNEL = re.compile(r"_(\d{4})$")
+#: the file ending of masks and of FLARE's images
+NIFTI_GZ = ".nii.gz"
+
+
+def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
+    """(name without ending, ending) for a supported image file; ending "" if unsupported."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case a file belongs to: ``<case>_0000.nii.gz`` -> ``<case>`` (nnU-Net/FLARE naming);
+    a name without a channel suffix is its own case."""
+    stem, _ = split_suffix(path)
+    return _CHANNEL.sub("", stem)
+
+
+def output_name(path: str | os.PathLike) -> str:
+    """The mask file name for an input image: ``<case>_0000.nii.gz`` -> ``<case>.nii.gz``."""
+    _, suffix = split_suffix(path)
+    return case_name(path) + _OUTPUT_SUFFIX.get(suffix, ".nii.gz")
+
+
+def list_inputs(source: str | os.PathLike) -> list[Path]:
+    """The image files to segment: ``source`` itself, or the supported images in the folder
+    ``source`` (not recursive, sorted by name). Channel files other than ``_0000`` are skipped:
+    the networks take one CT channel."""
+    src = Path(source)
+    if not src.exists():
+        raise InputImageError(f"{src}: no such file or folder.")
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise InputImageError(f"{src} is neither a regular file nor a folder.")
+    files = []
+    for p in sorted(src.iterdir()):
+        stem, suffix = split_suffix(p)
+        if not suffix or not p.is_file() or p.name.startswith("."):
+            continue
+        m = _CHANNEL.search(stem)
+        if m and m.group(1) != "0000":
+            continue
+        files.append(p)
+    if not files:
+        raise InputImageError(f"{src} contains no image files (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def find_case_images(folder: str | os.PathLike, what: str = "input folder") -> list[tuple[str, Path]]:
+    """[(case, file)] of the ``<case>_0000.nii.gz`` (or ``.nii``) images of a folder, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputImageError(f"{what} {str(folder)!r} does not exist.")
+    cases = []
+    for f in sorted(folder.iterdir()):
+        stem, suffix = split_suffix(f)
+        if suffix in (".nii.gz", ".nii") and f.is_file() and not f.name.startswith(".") and stem.endswith("_0000"):
+            cases.append((stem[:-len("_0000")], f))
+    if not cases:
+        raise InputImageError(f"{what} {str(folder)!r} holds no <case>_0000.nii.gz images.")
+    return cases
+
+
+def find_masks(folder: str | os.PathLike) -> dict[str, Path]:
+    """{case: file} of the ``<case>.nii.gz`` masks of a folder (hidden files skipped)."""
+    folder = Path(folder)
+    return {f.name[:-len(NIFTI_GZ)]: f for f in sorted(folder.iterdir())
+            if f.name.endswith(NIFTI_GZ) and not f.name.startswith(".") and f.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ImageHeader:
+    path: Path
+    size_xyz: tuple[int, ...]
+    spacing_xyz: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_type: str
+    bytes_per_voxel: int
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.size_xyz[::-1])
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.spacing_xyz[::-1])
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod(self.size_xyz, dtype=np.int64))
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """The image's header (no voxels read). Raises `InputImageError` for a missing or unreadable
+    file and for anything but a single-component 3-D image."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: no such file.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputImageError(f"{path} is not a readable image ({itk_reason(err)}).") from None
+    dim = reader.GetDimension()
+    size = tuple(int(s) for s in reader.GetSize())
+    if dim != 3:
+        raise InputImageError(f"{path} is a {dim}-D image of size {size}; a 3-D CT volume is needed.")
+    if reader.GetNumberOfComponents() != 1:
+        raise InputImageError(f"{path} has {reader.GetNumberOfComponents()} components per voxel; "
+                              f"a single-channel CT volume is needed.")
+    if min(size) < 1:
+        raise InputImageError(f"{path} declares an empty volume of size {size}.")
+    pixel = reader.GetPixelID()
+    nbytes = int(np.dtype(sitk.GetArrayViewFromImage(sitk.Image(1, 1, pixel)).dtype).itemsize)
+    return ImageHeader(path, size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                       tuple(reader.GetDirection()), sitk.GetPixelIDValueAsString(pixel), nbytes)
+
+
+def check_complete(header: ImageHeader) -> None:
+    """Raises `InputImageError` when the file holds fewer voxel bytes than its header declares.
+
+    ITK reads a truncated file without an error (the missing voxels come back as zeros), so this
+    is checked here: for NIfTI from the header's data offset, for .nii.gz from the gzip trailer
+    (the stream is decompressed to the end only when the trailer disagrees, e.g. for a
+    multi-member file), for MetaImage and NRRD files with raw voxels after the header from the
+    file size."""
+    path = header.path
+    need = header.n_voxels * header.bytes_per_voxel
+    lower = path.name.lower()
+    try:
+        if lower.endswith(".nii"):
+            offset = _nifti_offset(path.open("rb").read(560))
+            if offset is not None and path.stat().st_size < offset + need:
+                raise _truncated(path, offset + need, path.stat().st_size)
+        elif lower.endswith(".nii.gz"):
+            import gzip
+
+            with gzip.open(path, "rb") as f:
+                offset = _nifti_offset(f.read(560))
+            if offset is None:
+                return
+            expected = offset + need
+            with path.open("rb") as f:
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")
+            if isize == expected % (1 << 32):
+                return
+            total = 0
+            with gzip.open(path, "rb") as f:
+                while True:
+                    block = f.read(1 << 24)
+                    if not block:
+                        break
+                    total += len(block)
+            if total < expected:
+                raise _truncated(path, expected, total)
+        elif lower.endswith((".mha", ".nrrd")):
+            head = path.open("rb").read(1 << 16)
+            if lower.endswith(".mha"):
+                m = re.search(rb"ElementDataFile\s*=\s*LOCAL\s*?\r?\n", head)
+                raw = m is not None and not re.search(rb"CompressedData\s*=\s*True", head, re.I)
+                start = m.end() if m else 0
+            else:
+                m = re.search(rb"\r?\n\r?\n", head)
+                raw = m is not None and re.search(rb"encoding:\s*raw", head, re.I) is not None \
+                    and b"data file:" not in head.lower()
+                start = m.end() if m else 0
+            if raw and path.stat().st_size < start + need:
+                raise _truncated(path, start + need, path.stat().st_size)
+    except (EOFError, OSError, ValueError) as err:
+        if isinstance(err, InputImageError):
+            raise
+        raise InputImageError(f"{path} could not be read: it is corrupt or truncated ({err}).") from None
+
+
+def _nifti_offset(head: bytes) -> int | None:
+    if len(head) >= 348:
+        for order in "<>":
+            size = struct.unpack(order + "i", head[:4])[0]
+            if size == 348:
+                return int(struct.unpack(order + "f", head[108:112])[0])
+            if size == 540 and len(head) >= 176:
+                return int(struct.unpack(order + "q", head[168:176])[0])
+    return None
+
+
+def _truncated(path: Path, expected: int, found: int) -> InputImageError:
+    return InputImageError(f"{path} is truncated: its header declares {expected} bytes of image data "
+                           f"and header but the file holds {found}.")
+
+
+def read_image(header: ImageHeader) -> tuple[sitk.Image, np.ndarray]:
+    """(the image, a (z, y, x) numpy view of its voxels). The view shares the image's memory:
+    keep the image alive while the array is used."""
+    try:
+        image = sitk.ReadImage(str(header.path))
+    except RuntimeError as err:
+        raise InputImageError(f"{header.path} could not be read: it is corrupt or truncated "
+                              f"({itk_reason(err)}).") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"{header.path} is not a single-channel 3-D image.")
+    return image, sitk.GetArrayViewFromImage(image)
+
+
+def itk_reason(err: BaseException) -> str:
+    """The reason in one of SimpleITK's multi-line error messages (its last line without a source location)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    # ITK messages carry the source location first and the reason last
+    useful = [ln for ln in lines if not ln.startswith(("/", "ITK ERROR", "itk::ERROR"))] or lines
+    text = useful[-1] if useful else type(err).__name__
+    return text[:200]
+
+
+def nifti_dims(path: str | os.PathLike) -> list[int] | None:
+    """The image size (dim[1..ndim], NIfTI order x, y, z) from a NIfTI-1/2 header, None if the
+    file is not one (or cannot be read)."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            dim = struct.unpack(endian + "8q", head[16:80])
+            break
+    else:
+        return None
+    ndim = dim[0]
+    return list(dim[1:1 + ndim]) if 1 <= ndim <= 7 else None
+
+
+def read_mask(path: str | os.PathLike):
+    """Reads a 3-D single-channel mask: (the SimpleITK image, a (z, y, x) numpy copy of its voxels)."""
+    try:
+        img = sitk.ReadImage(os.fspath(path))
+    except RuntimeError as err:
+        raise InputImageError(f"SimpleITK cannot read {os.fspath(path)} as an image ({itk_reason(err)}).") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(f"{os.fspath(path)} is not a 3-D single-channel mask (dimension "
+                              f"{img.GetDimension()}, {img.GetNumberOfComponentsPerPixel()} components).")
+    return img, sitk.GetArrayFromImage(img)
+
+
+# ----------------------------------------------------------------------------------------------
+#: formats that store header and voxels in two files (not written: a rename cannot be atomic)
+_MULTI_FILE = (".mhd", ".hdr", ".img", ".img.gz", ".nhdr")
+
+
+def image_from_array(array_zyx: np.ndarray, spacing_zyx: Sequence[float], origin_xyz: Sequence[float],
+                     direction: Sequence[float]):
+    """A SimpleITK image from a (z, y, x) array and its geometry (spacing in array order z, y, x;
+    origin and direction in SimpleITK's x, y, z order)."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
+    img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    img.SetOrigin(tuple(float(o) for o in origin_xyz))
+    img.SetDirection(tuple(float(d) for d in direction))
+    return img
+
+
+def write_image(img, path: str | os.PathLike, compression_level: int = -1) -> None:
+    """Writes a SimpleITK image to `path` atomically (temporary file in the same folder, then a
+    rename), creating the folder. Single-file formats only (.nii.gz, .nii, .mha, .nrrd)."""
+    path = Path(path)
+    lower = path.name.lower()
+    if lower.endswith(_MULTI_FILE) or not any(lower.endswith(s) for s in IMAGE_SUFFIXES):
+        raise OutputFolderError(f"cannot write {path}: use a single-file image format such as "
+                                f".nii.gz, .nii, .mha or .nrrd.")
+    try:
+        with atomic.atomic_output(path) as tmp:
+            sitk.WriteImage(img, str(tmp), True, compression_level)
+    except RuntimeError as err:
+        raise OutputFolderError(f"{path} could not be written ({itk_reason(err)}).") from None
+
+
+def write_mask(mask_zyx: np.ndarray, reference: sitk.Image | None, path: Path, *,
+               geometry: tuple | None = None, compression_level: int = -1) -> None:
+    """Writes a uint8 (z, y, x) mask with the reference image's geometry (size, spacing, origin,
+    direction), atomically: temporary file, then ``os.replace``."""
+    if mask_zyx.dtype != np.uint8:
+        mask_zyx = mask_zyx.astype(np.uint8)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(mask_zyx))
+    if reference is not None:
+        if tuple(reference.GetSize()) != tuple(img.GetSize()):
+            raise RuntimeError(f"mask size {img.GetSize()} differs from the image's {reference.GetSize()}")
+        img.CopyInformation(reference)
+    elif geometry is not None:
+        spacing, origin, direction = geometry
+        img.SetSpacing(spacing)
+        img.SetOrigin(origin)
+        img.SetDirection(direction)
+    write_image(img, path, compression_level)
+
+
+
+
+def prepare_output_folder(folder: str | os.PathLike) -> Path:
+    """Creates the folder if needed and checks that files can be created in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".fusionseg-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputFolderError(f"output folder {folder} cannot be written ({err.strerror or err}).") from None
+    return folder
+
+
+def dataset_json(num_training: int = 0, **extra) -> dict:
+    """nnU-Net v2's ``dataset.json`` for a one-channel CT lesion dataset (background 0, lesion 1),
+    with `extra` keys (name, description, ...) in front."""
+    return {**extra, "channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
+            "numTraining": int(num_training), "file_ending": NIFTI_GZ}
