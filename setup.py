@@ -6,7 +6,7 @@ so a rebuild recompiles only what changed. Install with
 
 Environment:
   FUSIONSEG_WITH_CUDA   auto (default: when a CUDA toolkit is found), 1 or 0
-  FUSIONSEG_CUDA_ARCH   compute capabilities, default "8.0;8.6;8.9;9.0" (PTX for the newest)
+  FUSIONSEG_CUDA_ARCH   compute capabilities (default in CMakeLists.txt: "8.0;8.6;8.9;9.0"; PTX for the newest)
   CUDA_HOME             the toolkit root (found from nvcc otherwise, wrapper scripts resolved)
   MAX_JOBS              parallel compile jobs (default: CPU count)
   FUSIONSEG_BUILD_DIR   the CMake build folder (default build/cmake)
@@ -76,10 +76,11 @@ class CMakeBuild(build_ext):
         args = [
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DFUSIONSEG_LIBRARY_OUTPUT={output}",
-            f"-DFUSIONSEG_CUDA_ARCH={os.environ.get('FUSIONSEG_CUDA_ARCH', '8.0;8.6;8.9;9.0')}",
-            f"-DFUSIONSEG_BUILD_EXAMPLES={os.environ.get('FUSIONSEG_BUILD_EXAMPLES', 'ON')}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
+        # the defaults of these live in CMakeLists.txt only: pass what the user set, nothing else
+        args += [f"-D{name}={os.environ[name]}" for name in ("FUSIONSEG_CUDA_ARCH", "FUSIONSEG_BUILD_EXAMPLES")
+                 if os.environ.get(name)]
         toolkit = find_cuda_toolkit() if want_cuda in ("auto", "1", "on") else None
         if want_cuda in ("1", "on") and toolkit is None:
             sys.exit("fusionseg: FUSIONSEG_WITH_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME")

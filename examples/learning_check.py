@@ -76,11 +76,13 @@ mean DSC 0.301, mean NSD 0.252 (a lesion-free case scores 0 once anything is pre
 `--iterations 2000 --backend cpu` and `--backend reference` (from the work tree just before
 commit 7894bfa, which only adds argument checks), compare the backends
 step for step: 545 s against 1325 s of training (the reference shared the machine for about four
-minutes; 0.27 against 0.56 s per iteration where it was otherwise idle), mean losses within 0.0001 over the first 75 iterations and within
+minutes; 0.27 against 0.56 s per iteration where it was otherwise idle), mean losses within 0.0001
+over the first 75 iterations and within
 0.011 over each 500 after, held-out DSC 0.505 and 0.491. The cpu run's model folder, through
 `fusionseg predict --mode exact`, scores a global DSC of 0.497 on the same boxes. (These runs
 evaluated with plain averages of half-patch tiles; the script now uses the library's
-Gaussian-weighted sliding window, as `fusionseg predict` does.) **** SGD as nnU-Net trains by default (lr 1e-2, momentum 0.99, Nesterov, weight decay
+Gaussian-weighted sliding window, as `fusionseg predict` does.) SGD as nnU-Net trains by default
+(lr 1e-2, momentum 0.99, Nesterov, weight decay
 3e-5; a copy of this script): after ten minutes the loss is still at 0.008 and nothing is
 predicted. The informed threshold detector
 (`informed_threshold_dsc`) scores 0.690 on the 24 held-out boxes.
@@ -91,7 +93,8 @@ above the informed threshold detector's 0.69, which is told where each lesion is
 the 24-case DSC from 0.47-0.51 to 0.54. What limits it is the phantoms' small lesions (a few voxels
 at this resolution; six in ten lesions are 8-30 HU darker than their organ, the others 10-60 HU
 brighter, in 10-20 HU correlated noise). Per lesion, after the 30-minute
-run (connected components, counted once outside this script): 7 of 7 lesions of 300 voxels or more were found, 4 of 6 of 100-299, 6 of 13 of 20-99 and 4 of
+run (connected components, counted once outside this script): 7 of 7 lesions of 300 voxels or
+more were found, 4 of 6 of 100-299, 6 of 13 of 20-99 and 4 of
 14 under 20. With 16 training phantoms the network fitted their lesions and found almost nothing
 in new ones; 200 phantoms (generated in 32 s, cached) removed that gap.
 """
@@ -105,7 +108,8 @@ def _positive(kind):
         except ValueError:
             value = 0
         if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be a positive {'integer' if kind is int else 'number'}, got {text!r}")
+            what = "integer" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text!r}")
         return value
     return parse
 
@@ -351,7 +355,7 @@ def main(argv=None):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     model_folder = write_model_folder(model, args, args.out / "model")
     train_total = [0, 0, 0]
-    for seed, image, label, _ in train[:args.train_eval_cases]:
+    for _seed, image, label, _ in train[:args.train_eval_cases]:
         pred = predict(model, image, args.patch).astype(bool)
         train_total = [a + b for a, b in zip(train_total, lesion_counts(pred, label.astype(bool)))]
     rows, total = [], [0, 0, 0]
@@ -388,7 +392,8 @@ def main(argv=None):
     print(json.dumps({k: v for k, v in result.items() if k not in ("cases", "loss_per_25_iterations")}, indent=2))
     for r in rows:
         print(r)
-    print(f"score with: fusionseg evaluate --pred {args.out / 'pred'} --gt {args.out / 'gt'} -o {args.out / 'metrics.csv'}")
+    print(f"score with: fusionseg evaluate --pred {args.out / 'pred'} --gt {args.out / 'gt'} "
+          f"-o {args.out / 'metrics.csv'}")
     print(f"predict with the trained model: fusionseg predict -i {args.out / 'images'} -o {args.out / 'predict'} "
           f"-m {model_folder} -f 0")
     return 0

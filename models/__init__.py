@@ -18,7 +18,8 @@ from .networks import (NETWORKS, PLAIN_FEATURES, PLAIN_STRIDES, RELEASED_FEATURE
 from .released import ReleasedStateDictError, released_pairs
 
 __all__ = [
-    "ArchitectureError", "CHECKPOINT_SAFE_GLOBALS", "ConvNormAct", "DualBranchBlock", "DualBranchUNet", "InputSizeError",
+    "ArchitectureError", "CHECKPOINT_SAFE_GLOBALS", "ConvNormAct", "DualBranchBlock", "DualBranchUNet",
+    "InputSizeError",
     "NETWORKS", "PLAIN_FEATURES", "PLAIN_STRIDES", "PlainConvUNet", "RELEASED_FEATURES", "RELEASED_STRIDES",
     "ReleasedStateDictError", "ResidualBranch", "SingleBranchUNet", "StackedConvs", "UNetDecoder",
     "infer_network_from_state_dict", "kwargs_from_plans", "load_nnunet_checkpoint",

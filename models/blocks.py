@@ -38,7 +38,7 @@ class ConvNormAct(nn.Module):
     """op -> InstanceNorm3d -> LeakyReLU (``act`` is None when the layer has no activation).
 
     ``conv`` is an ``nn.Conv3d`` or an ``InceptionDWConv3d`` (the released "CNA" layer, see
-    `make_cna`). Input (N, in, D, H, W) -> (N, out, D', H', W').
+    `LayerFactory.released_layer`). Input (N, in, D, H, W) -> (N, out, D', H', W').
     """
 
     def __init__(self, conv: nn.Module, channels: int, norm_eps: float, norm_affine: bool,
@@ -60,10 +60,10 @@ class ConvNormAct(nn.Module):
 class LayerFactory:
     """Builds the layers of one network with its shared settings (norm, activation, bias, backend).
 
-    `cna` is the released CNA rule: an InceptionDWConv3d **whenever in == out**, whatever the
+    `released_layer` is the release's conv-norm-act rule: an InceptionDWConv3d **whenever in == out**, whatever the
     kernel size and stride asked for (a quirk of the release, kept for checkpoint and output
-    compatibility); otherwise Conv3d(in, out, k, stride, padding (k-1)//2). `idc_cna` is the
-    IDC-branch rule: InceptionDWConv3d only when in == out *and* stride is 1. With
+    compatibility); otherwise Conv3d(in, out, k, stride, padding (k-1)//2). `idc_branch_layer` is
+    the IDC-branch rule: InceptionDWConv3d only when in == out *and* stride is 1. With
     ``use_inception=False`` (the plain nnU-Net) every layer is a dense Conv3d.
     """
 
@@ -89,12 +89,12 @@ class LayerFactory:
     def inception(self, channels: int, act: bool = True) -> ConvNormAct:
         return self._wrap(InceptionDWConv3d(channels, backend=self.backend), channels, act)
 
-    def cna(self, cin: int, cout: int, kernel, stride, act: bool = True) -> ConvNormAct:
+    def released_layer(self, cin: int, cout: int, kernel, stride, act: bool = True) -> ConvNormAct:
         if self.use_inception and cin == cout:
             return self.inception(cin, act)
         return self.dense(cin, cout, kernel, stride, act)
 
-    def idc_cna(self, cin: int, cout: int, stride, act: bool = True) -> ConvNormAct:
+    def idc_branch_layer(self, cin: int, cout: int, stride, act: bool = True) -> ConvNormAct:
         if self.use_inception and cin == cout and as_triple(stride) == (1, 1, 1):
             return self.inception(cin, act)
         return self.dense(cin, cout, 3, stride, act)
@@ -119,9 +119,9 @@ class ResidualBranch(nn.Module):
 
     def __init__(self, layers: LayerFactory, cin: int, cout: int, kernel, stride):
         super().__init__()
-        self.convs = nn.Sequential(layers.cna(cin, cout, kernel, stride),
-                                   layers.cna(cout, cout, kernel, 1, act=False))
-        self.shortcut = layers.cna(cin, cout, 1, stride, act=False)
+        self.convs = nn.Sequential(layers.released_layer(cin, cout, kernel, stride),
+                                   layers.released_layer(cout, cout, kernel, 1, act=False))
+        self.shortcut = layers.released_layer(cin, cout, 1, stride, act=False)
         self.act = nn.LeakyReLU(layers.negative_slope, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,9 +142,10 @@ class DualBranchBlock(nn.Module):
             raise ValueError(f"DualBranchUNet: stage features must be even (two branches of "
                              f"features/2 channels), got {cout}")
         half = cout // 2
-        self.idc_branch = StackedConvs([layers.idc_cna(cin, half, stride), layers.idc_cna(half, half, 1)])
+        self.idc_branch = StackedConvs([layers.idc_branch_layer(cin, half, stride),
+                                        layers.idc_branch_layer(half, half, 1)])
         self.residual_branch = ResidualBranch(layers, cin, half, kernel, stride)
-        self.fusion_conv = layers.cna(2 * half, cout, 1, 1)
+        self.fusion_conv = layers.released_layer(2 * half, cout, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idc = self.idc_branch(x)
@@ -175,8 +176,8 @@ class UNetDecoder(nn.Module):
             below, skip = features[n - 1 - i], features[n - 2 - i]
             stride, kernel = strides[n - 1 - i], kernel_sizes[n - 2 - i]
             transpconvs.append(nn.ConvTranspose3d(below, skip, stride, stride, bias=transposed_bias))
-            convs = [layers.cna(2 * skip, skip, kernel, 1)]
-            convs += [layers.cna(skip, skip, kernel, 1) for _ in range(n_conv[i] - 1)]
+            convs = [layers.released_layer(2 * skip, skip, kernel, 1)]
+            convs += [layers.released_layer(skip, skip, kernel, 1) for _ in range(n_conv[i] - 1)]
             stages.append(StackedConvs(convs))
             seg_layers.append(nn.Conv3d(skip, num_classes, 1, 1, 0, bias=True))
         # Registration order = the released state-dict order: stages, transpconvs, seg_layers.
@@ -202,8 +203,3 @@ class UNetDecoder(nn.Module):
         """The segmentation heads whose output forward does not return (all but the last one
         without deep supervision)."""
         return [] if self.deep_supervision else list(self.seg_layers[:-1])
-
-
-def count_modules(module: nn.Module, kind: type | tuple[type, ...]) -> int:
-    return sum(isinstance(m, kind) for m in module.modules())
-

@@ -129,9 +129,8 @@ def measure(network: str | _UNet, patch=PATCH, counter: str = "fused") -> Comple
         result.params[cat] += sum(p.numel() for p in module.parameters(recurse=True))
     root = type(model).__name__
     counts = flop_counter.get_flop_counts()
-    for layer_name, (module, cat) in layers.items():
-        for op, flops in counts.get(f"{root}.{layer_name}", {}).items():
-            result.macs[cat] += flops // 2
+    for layer_name, (_module, cat) in layers.items():
+        result.macs[cat] += sum(counts.get(f"{root}.{layer_name}", {}).values()) // 2
     for op, flops in counts.get("Global", {}).items():
         result.ops[str(op)] = flops // 2
     total = flop_counter.get_total_flops() // 2

@@ -186,7 +186,7 @@ class _UNet(nn.Module):
                                    deep_supervision=deep_supervision)
         del self._layers
         # Downsampling the encoder really applies per stage: the released layer rule ignores a
-        # stride where a stage keeps its channel count (see blocks.LayerFactory.cna).
+        # stride where a stage keeps its channel count (see blocks.LayerFactory.released_layer).
         self.applied_strides = tuple(self.encoder.applied_strides())
         self.bottleneck_stride = tuple(math.prod(s[a] for s in self.applied_strides) for a in range(3))
 
@@ -381,7 +381,7 @@ class _DualBranchEncoder(nn.Module):
         if features[0] % 2:
             raise ArchitectureError(f"DualBranchUNet: features_per_stage[0] must be even, got {features[0]}")
         stem = features[0] // 2
-        self.input_conv = layers.cna(input_channels, stem, 3, 1)
+        self.input_conv = layers.released_layer(input_channels, stem, 3, 1)
         cins = [stem] + features[:-1]
         self.stages = nn.ModuleList(DualBranchBlock(layers, cin, cout, k, s)
                                     for cin, cout, k, s in zip(cins, features, kernel_sizes, strides))
@@ -409,7 +409,8 @@ class _PlainEncoder(nn.Module):
         super().__init__()
         cins = [input_channels] + features[:-1]
         self.stages = nn.ModuleList(
-            StackedConvs([layers.cna(cin, cout, k, s)] + [layers.cna(cout, cout, k, 1) for _ in range(n - 1)])
+            StackedConvs([layers.released_layer(cin, cout, k, s)]
+                         + [layers.released_layer(cout, cout, k, 1) for _ in range(n - 1)])
             for cin, cout, k, s, n in zip(cins, features, kernel_sizes, strides, n_convs))
 
     def applied_strides(self) -> list[Triple]:

@@ -1,22 +1,14 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
+from tests.helpers import DATA_DIR
 
 
 def pytest_report_header(config):
     return (f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, "
             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')}, threads {torch.get_num_threads()}")
-
-
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
-                                  reason="needs a CUDA GPU; none on this machine")
 
 
 @pytest.fixture

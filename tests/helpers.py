@@ -3,11 +3,22 @@
 this module adds the assert forms the tests use."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import torch
 
 from fusionseg_kernels.testing import (LOW_PRECISION_FACTOR, PLANE_KERNELS, REL_L2_TOLERANCE,  # noqa: F401
                                        STRIP_KERNELS, UNIT_ROUNDOFF, check_conformance,
                                        conformance_errors, make_input, make_op_args,
                                        outputs_and_grads, reference_outputs, rel_l2)
+
+#: the repository root and the fixtures copied from the original implementation
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "tests" / "data"
+
+#: skips a test on machines without a CUDA GPU (conftest.py marks such tests `gpu`)
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 
 backend_outputs = outputs_and_grads  # the name the backend tests use
 

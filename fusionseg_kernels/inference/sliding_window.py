@@ -8,7 +8,8 @@ Tile positions and the Gaussian importance map follow nnU-Net v2 (``compute_step
   by it in the network's dtype, then ``logits / weights``; mirroring averages the flipped
   predictions before weighting.
 - `predict_labels_fast`: the Gaussian-weighted sum of logits only (dividing by the summed weights
-  does not change the argmax; with two classes only the difference of the two), accumulated in float16 on a GPU (float32 on the CPU), then the
+  does not change the argmax; with two classes only the difference of the two), accumulated in
+  float16 on a GPU (float32 on the CPU), then the
   argmax at network resolution. On a GPU out-of-memory error the accumulators move to the CPU and
   the volume is predicted again.
 """

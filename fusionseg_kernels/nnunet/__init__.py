@@ -12,7 +12,8 @@ See docs/nnunet.md.
 """
 from fusionseg_kernels.errors import PlansError
 
-from .env import backend_from_env, ext_trainer_dir, ext_trainer_value, shell_lines, threads_from_env, training_length_from_env
+from .env import (backend_from_env, ext_trainer_dir, ext_trainer_value, shell_lines, threads_from_env,
+                  training_length_from_env)
 from .plans import fusionseg_architecture, rewrite_plans
 
 __all__ = ["PlansError", "backend_from_env", "ext_trainer_dir", "ext_trainer_value", "threads_from_env",

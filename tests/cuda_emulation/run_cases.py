@@ -1,7 +1,7 @@
 """Builds the emulated CUDA kernels (emulated_kernels.cpp) and checks them against the float64
 reference on small cases; prints one JSON line per case and a final summary line.
 
-Run in its own process (tests/test_cuda_emulation.py does): the library registers the fusionseg
+Run in its own process (tests/ops/test_cuda_emulation.py does): the library registers the fusionseg
 schemas, which must not meet the package's own extension in one process.
 
     python tests/cuda_emulation/run_cases.py [--build-dir DIR]

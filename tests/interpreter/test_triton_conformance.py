@@ -1,10 +1,11 @@
-"""The Triton backend on the shared conformance table and the shared table of bad arguments,
-under the interpreter (own process: `TRITON_INTERPRET=1 pytest tests/interpreter`)."""
+"""The Triton backend on the shared conformance table, the shared edge cases and the shared table
+of bad arguments, under the interpreter (own process: `TRITON_INTERPRET=1 pytest tests/interpreter`)."""
 from __future__ import annotations
 
 import pytest
 
-from error_cases import BAD_ARGUMENTS
+from tests.ops.edge_cases import EDGE_CASES
+from tests.ops.error_cases import BAD_ARGUMENTS
 from fusionseg_kernels import inception_dwconv3d
 from fusionseg_kernels.testing import CONFORMANCE_CASES, case_inputs, check_conformance
 
@@ -32,3 +33,8 @@ def test_bad_arguments_fail_as_on_the_other_backends(case):
         inception_dwconv3d(x, *args, backend="reference")
     assert triton_error.type is exc_type and words in str(triton_error.value)
     assert (triton_error.type, str(triton_error.value)) == (reference_error.type, str(reference_error.value))
+
+
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_edge_case(case):
+    EDGE_CASES[case](triton_op, "cpu")
