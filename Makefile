@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 RETAIN_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736
 BUILD_INPUTS := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: all env build test test-fast test-interpreter bench bench-cpu bench-trend bench-compare clean distclean
+.PHONY: all env build lint test test-fast test-interpreter bench bench-cpu bench-trend bench-compare clean distclean
 
 all: test
 
@@ -27,11 +27,15 @@ $(VENV)/.build-stamp: $(VENV)/.deps-stamp $(BUILD_INPUTS)
 
 build: $(VENV)/.build-stamp
 
-# Everything but the Triton-interpreter tests, then those in their own process (TRITON_INTERPRET
-# is read when kernels are decorated).
+# The lint (ruff, configured in pyproject.toml), everything but the Triton-interpreter tests, then
+# those in their own process (TRITON_INTERPRET is read when kernels are decorated).
 test: build
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests --ignore=tests/interpreter -q -rs
 	@if [ -d tests/interpreter ]; then TRITON_INTERPRET=1 $(PY) -m pytest tests/interpreter -q -rs; fi
+
+lint: env
+	$(PY) -m ruff check .
 
 test-fast: build
 	$(PY) -m pytest tests --ignore=tests/interpreter -q -x -m "not slow"
@@ -40,15 +44,18 @@ test-fast: build
 # reports/<UTC time>-<device>/ (its path printed last); BENCH_ARGS are `python -m bench.run`'s options
 # (--full: full GPU sweep and the paper's case sizes). The trend suite (pytest-benchmark) stores
 # runs in BENCH_STORAGE; bench-compare fails when a benchmark's min time is > 10 % above BASELINE
-# (a stored run's number; default: the latest stored run).
+# (a stored run's number; default: the latest stored run), and exits 3 ("inconclusive") when the
+# machine was not quiet. Both wait up to WAIT_QUIET seconds for a quiet machine first.
 BENCH_ARGS ?=
 BENCH_STORAGE ?= .benchmarks
 BASELINE ?=
+# seconds `make bench` and `make bench-compare` wait for a quiet machine before timing
+WAIT_QUIET ?= 180
 BENCH_SUITE := $(PY) -m pytest bench/benchmarks --benchmark-only -p no:cacheprovider \
 	--benchmark-storage=file://$(abspath $(BENCH_STORAGE)) --benchmark-json=reports/benchmark.json
 
 bench: build
-	$(RETAIN_MALLOC) $(PY) -m bench.run $(BENCH_ARGS)
+	$(RETAIN_MALLOC) $(PY) -m bench.run --wait-quiet $(WAIT_QUIET) $(BENCH_ARGS)
 
 bench-cpu: build
 	$(RETAIN_MALLOC) $(PY) -m bench.bench_cpu_op
@@ -59,7 +66,8 @@ bench-trend: build
 
 bench-compare: build
 	@mkdir -p reports
-	$(RETAIN_MALLOC) $(BENCH_SUITE) --benchmark-compare$(if $(BASELINE),=$(BASELINE)) \
+	$(RETAIN_MALLOC) $(PY) -m bench.compare --wait-quiet $(WAIT_QUIET) -- \
+		--benchmark-storage=file://$(abspath $(BENCH_STORAGE)) --benchmark-compare$(if $(BASELINE),=$(BASELINE)) \
 		--benchmark-compare-fail=min:10%
 
 clean:

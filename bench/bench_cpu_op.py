@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from bench.harness import (cache_resident, default_out, dram_copy_bandwidth, environment, geomean,
-                    median_time, network_layer_calls, write_atomic, write_json)
+                    network_layer_calls, write_atomic, write_json)
+from bench.machine import MachineMonitor, interleaved, judge, repeats_for
 
 PROVIDERS = ("reference", "cpu", "compile")
 ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}
@@ -84,6 +85,9 @@ def provider_fn(name):
 
 
 def bench_layer(shape, gc, providers, budget_s, dram_copy):
+    """One call's times: the providers interleaved (reference, cpu, compile, reference, ...), every
+    repeat kept; medians, minima and spreads; speedups from the medians of the same interleaved
+    run. A row is `stable` when every one of its timed quantities is."""
     import torch
 
     from fusionseg_kernels.testing import make_op_args
@@ -97,22 +101,27 @@ def bench_layer(shape, gc, providers, budget_s, dram_copy):
     out = torch.empty_like(x)
     llc = dram_copy["last_level_cache_bytes"]
     r = {"shape": list(shape), "gc": gc, "dtype": "float32", "x_bytes": nbytes, "x_MB": nbytes / 1e6}
-    r["copy_same_size_s"] = median_time(lambda: out.copy_(x), budget_s=budget_s)
+    copies = {"copy": lambda: out.copy_(x), "clone": lambda: x.clone()}
+    copy_t = interleaved(copies, repeats_for(copies["clone"], budget_s / 2), warmup=1)
+    r["copy_same_size_s"], r["clone_s"] = copy_t["copy"].median, copy_t["clone"].median
     r["copy_same_size_GBps"] = 2 * nbytes / r["copy_same_size_s"] / 1e9
-    r["clone_s"] = median_time(lambda: x.clone(), budget_s=budget_s)
     r["cache_resident"] = {m: cache_resident(int(f * nbytes), llc) for m, f in ROOFLINE_FACTOR.items()}
-    r["times_s"], r["compile_s"] = {}, {}
-    for name in providers:
-        fn = provider_fn(name)
-        r["times_s"][name] = {}
-        for mode, (x_, a_) in (("fwd", (x, args)), ("fwdbwd", (xg, args_g))):
-            run = step(fn, x_, a_, grad_y, mode)
-            if name == "compile":
-                t0 = time.perf_counter()
-                run()
-                r["compile_s"][mode] = time.perf_counter() - t0
-            r["times_s"][name][mode] = median_time(run, min_repeats=3 if mode == "fwd" else 2,
-                                                   budget_s=budget_s)
+    r["times_s"], r["compile_s"], r["timings"] = {name: {} for name in providers}, {}, {}
+    fns = {name: provider_fn(name) for name in providers}
+    for mode, (x_, a_) in (("fwd", (x, args)), ("fwdbwd", (xg, args_g))):
+        runs = {name: step(fns[name], x_, a_, grad_y, mode) for name in providers}
+        if "compile" in runs:  # the compile time is kept out of the timing
+            t0 = time.perf_counter()
+            runs["compile"]()
+            r["compile_s"][mode] = time.perf_counter() - t0
+        repeats = repeats_for(runs["reference"], budget_s / len(runs), min_repeats=5, max_repeats=30)
+        timed = interleaved(runs, repeats, warmup=1)
+        for name, t in timed.items():
+            r["times_s"][name][mode] = t.median
+            r["timings"][f"{name} {mode}"] = t.as_dict()
+    r["timings"].update({k: t.as_dict() for k, t in copy_t.items()})
+    r["stable"] = all(t["stable"] for t in r["timings"].values())
+    r["unstable"] = [k for k, t in r["timings"].items() if not t["stable"]]
     ref = r["times_s"]["reference"]
     r["speedup"] = {n: {m: ref[m] / t[m] for m in t} for n, t in r["times_s"].items()}
     r["bandwidth_GBps"] = {n: {m: ROOFLINE_FACTOR[m] * nbytes / t[m] / 1e9 for m in t}
@@ -148,7 +157,9 @@ def markdown(result) -> str:
     providers = result["providers"]
     fused = [p for p in providers if p != "reference"]
     dram = result["dram_copy"]
-    lines = [
+    verdict = result.get("verdict") or {"quiet": True, "reasons": []}
+    lines = [f"**UNRELIABLE**: {'; '.join(verdict['reasons'])}", ""] if not verdict["quiet"] else []
+    lines += [
         f"CPU op benchmark — {env['device']}, {env['threads']} threads, torch {env['torch']}, "
         f"commit {env['commit'][:12]}{'-dirty' if env.get('dirty') else ''}, {env['date_utc']}, "
         f"allocator {env['allocator_env'] or 'glibc default'}",
@@ -159,7 +170,7 @@ def markdown(result) -> str:
         "roofline bytes exceed that cache; the others are cache-resident.",
         "",
     ]
-    head = ["shape (N,C,D,H,W)", "gc", "calls", "x MB", "clone ms", "ref fwd ms"]
+    head = ["shape (N,C,D,H,W)", "gc", "calls", "stable", "x MB", "clone ms", "ref fwd ms"]
     head += [f"{p} fwd ms" for p in fused] + [f"{p} fwd speedup" for p in fused]
     head += ["ref fwd+bwd ms"] + [f"{p} fwd+bwd ms" for p in fused] + [f"{p} fwd+bwd speedup" for p in fused]
     if "cpu" in fused:
@@ -167,7 +178,8 @@ def markdown(result) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         t, s = r["times_s"], r["speedup"]
-        cells = [str(tuple(r["shape"])), str(r["gc"]), str(r["calls"]), f"{r['x_MB']:.1f}",
+        cells = [str(tuple(r["shape"])), str(r["gc"]), str(r["calls"]), "yes" if r.get("stable", True) else "**no**",
+                 f"{r['x_MB']:.1f}",
                  f"{r['clone_s'] * 1e3:.2f}", f"{t['reference']['fwd'] * 1e3:.2f}"]
         cells += [f"{t[p]['fwd'] * 1e3:.2f}" for p in fused] + [f"{s[p]['fwd']:.2f}x" for p in fused]
         cells += [f"{t['reference']['fwdbwd'] * 1e3:.1f}"] + [f"{t[p]['fwdbwd'] * 1e3:.1f}" for p in fused]
@@ -178,9 +190,10 @@ def markdown(result) -> str:
                       f"{bw['fwdbwd']:.1f} ({_fraction(fr['fwdbwd'])})"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    mark = "" if verdict["quiet"] else " (UNRELIABLE: see the first line)"
     for p, g in summary["geomean_speedup"].items():
         lines.append(f"Geometric mean over the network's {summary['calls']} calls, {p} vs reference: "
-                     f"forward **{g['fwd']:.2f}x**, forward+backward **{g['fwdbwd']:.2f}x**.")
+                     f"forward **{g['fwd']:.2f}x**, forward+backward **{g['fwdbwd']:.2f}x**{mark}.")
     if "largest_cpu_fwd_over_clone" in summary:
         lines.append(f"Largest call {tuple(summary['largest_shape'])}: fused forward = "
                      f"**{summary['largest_cpu_fwd_over_clone']:.2f}x** the time of x.clone().")
@@ -208,21 +221,27 @@ def main(argv=None) -> int:
     print(f"memory copy: {dram['bytes_per_s'] / 1e9:.1f} GB/s on {dram['buffer_bytes'] / 2**20:.0f} MiB "
           f"buffers; providers {providers}", flush=True)
     results = []
-    for shape, gc, count in calls:
-        r = bench_layer(shape, gc, providers, budget, dram)
-        r["calls"] = count
-        results.append(r)
-        speedups = ", ".join(f"{p} fwd {s['fwd']:.2f}x fwd+bwd {s['fwdbwd']:.2f}x"
-                             for p, s in r["speedup"].items() if p != "reference")
-        print(f"{tuple(shape)} gc={gc} x{count}: {speedups}", flush=True)
+    with MachineMonitor(f"cpu op, {args.threads} threads") as monitor:
+        for shape, gc, count in calls:
+            r = bench_layer(shape, gc, providers, budget, dram)
+            r["calls"] = count
+            results.append(r)
+            mark = "" if r["stable"] else f"  [UNSTABLE: spread above 5 % in {', '.join(r['unstable'])}]"
+            speedups = ", ".join(f"{p} fwd {s['fwd']:.2f}x fwd+bwd {s['fwdbwd']:.2f}x"
+                                 for p, s in r["speedup"].items() if p != "reference")
+            print(f"{tuple(shape)} gc={gc} x{count}: {speedups}{mark}", flush=True)
+    unstable = [f"{tuple(r['shape'])} {q}" for r in results for q in r["unstable"]]
     result = {"benchmark": "cpu_op", "environment": env, "providers": providers, "quick": args.quick,
-              "smoke": args.smoke, "budget_s": budget, "dram_copy": dram,
+              "smoke": args.smoke, "budget_s": budget, "threads": args.threads, "dram_copy": dram,
+              "machine": monitor.record, "verdict": judge([monitor.record], unstable),
               "summary": summarize(results, providers), "results": results}
     write_json(out, result)
     md = markdown(result)
     write_atomic(out.with_suffix(".md"), md)
     print(md)
     print(f"wrote {out}")
+    if not result["verdict"]["quiet"]:
+        print(f"UNRELIABLE: {'; '.join(result['verdict']['reasons'])}")
     return 0
 
 

@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.harness import ROOT, environment, network_layer_calls, write_json
+from bench.machine import Timings
 from fusionseg_kernels import inception_dwconv3d, inception_dwconv3d_reference
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import GPU_TABLE_PATH
 from fusionseg_kernels.testing import make_input, make_op_args
@@ -109,20 +109,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_ms(fn, device, quick):
-    """Median milliseconds."""
+def time_ms(fn, device, quick) -> Timings:
+    """Every repeat's milliseconds (CUDA events through triton.testing.do_bench on a GPU; a warm-up
+    and a few wall-clock repeats on the CPU), for medians and spreads."""
     if device == "cuda":
         import triton.testing
 
         warmup, rep = (10, 40) if quick else (25, 100)
-        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
-    fn()  # CPU: warm-up, then a few repeats
-    times = []
-    for _ in range(3 if quick else 7):
+        return Timings([float(t) for t in triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="all")])
+    fn()
+    times = Timings()
+    for _ in range(4 if quick else 7):
         t0 = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        times.add((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def copy_bandwidth(device, quick):
@@ -130,7 +131,7 @@ def copy_bandwidth(device, quick):
     n = (1 << 30 if device == "cuda" else 1 << 28) // 4
     src = torch.empty(n, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, quick)
+    ms = time_ms(lambda: dst.copy_(src), device, quick).median
     return 2 * n * 4 / (ms * 1e-3), ms
 
 
@@ -231,7 +232,9 @@ def run_sweep(opts, out_path: Path):
                         row["ok"] = row["max_rel_l2_vs_reference"] <= CHECK_TOLERANCE[dtype]
                         del out
                         row["peak_extra_bytes"] = peak_extra_bytes(step, device)
-                        ms = time_ms(step, device, opts.quick)
+                        timed = time_ms(step, device, opts.quick)
+                        ms = timed.median
+                        row.update(spread=timed.spread, stable=timed.stable, repeats=len(timed.samples))
                     except Exception as err:  # record and go on: one broken provider must not stop the sweep
                         row.update(ok=False, error=f"{type(err).__name__}: {str(err)[:300]}")
                         rows.append(row)

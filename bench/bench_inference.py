@@ -115,7 +115,8 @@ class _Sampler:
                 import pynvml
 
                 pynvml.nvmlInit()
-                self.nvml = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+                first_visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0
+                self.nvml = pynvml.nvmlDeviceGetHandleByIndex(int(first_visible))
             except Exception:  # noqa: BLE001 - reported as missing
                 self.nvml = None
 

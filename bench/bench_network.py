@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import available_backends
 
 from bench.harness import KEEP_FREED_MEMORY, default_out, quiet_profiler, write_json
+from bench.machine import MachineMonitor, Timings, judge
 from bench.harness import environment as common_environment
 
 IDC_RANGE = "fusionseg.InceptionDWConv3d"
@@ -199,9 +199,7 @@ def run_case(model, backends, step_fn, device, repeats, warmup, profile_it):
             step_fn()
             sync(device)
             times[b].append(time.perf_counter() - t0)
-    out = {}
-    for b in backends:
-        out[b] = {"median_s": statistics.median(times[b]), "min_s": min(times[b]), "times_s": times[b]}
+    out = {b: Timings(times[b]).as_dict() for b in backends}
     if profile_it:
         ranges = IDCRanges(model)
         try:
@@ -253,11 +251,29 @@ def main(argv=None) -> int:
               "environment": environment(args.device), "backends": backends,
               "settings": {"patch_inference": args.patch, "batch_inference": 1, "patch_train": args.train_patch,
                            "batch_train": 2, "repeats": args.repeats, "warmup": args.warmup,
-                           "quick": args.quick, "smoke": args.smoke, "dtypes": args.dtypes, "loss": "cross-entropy", "optimizer": "AdamW(8e-4, wd 0.01, eps 1e-5)",
+                           "quick": args.quick, "smoke": args.smoke, "dtypes": args.dtypes, "loss": "cross-entropy",
+                           "optimizer": "AdamW(8e-4, wd 0.01, eps 1e-5)",
                            "grad_clip": 12.0},
               "cases": []}
     print(f"device: {result['environment']['device']}, threads {torch.get_num_threads()}, backends {backends}, "
           f"allocator env {result['environment']['allocator_env']}", flush=True)
+    with MachineMonitor(f"network, {torch.get_num_threads()} threads", gpu=args.device == "cuda") as monitor:
+        run_cases(args, model, backends, gen, result)
+    unstable = [f"{c['case']} {c['dtype']} {b}" for c in result["cases"] for b, r in c["results"].items()
+                if not r["stable"]]
+    result["machine"], result["verdict"] = monitor.record, judge([monitor.record], unstable)
+    result["environment"]["loadavg_end"] = os.getloadavg()
+    print(f"load average at start {result['environment']['loadavg_start']}, at end {os.getloadavg()}")
+    if not result["verdict"]["quiet"]:
+        print(f"UNRELIABLE: {'; '.join(result['verdict']['reasons'])}")
+    out = args.out or default_out(f"network_{args.device}")
+    write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_cases(args, model, backends, gen, result) -> None:
+    """Inference forward and training step per dtype, each case's backends interleaved."""
     for dtype in args.dtypes:
         x = torch.randn(1, 1, *args.patch, generator=gen).to(args.device)
         model.eval()
@@ -278,12 +294,6 @@ def main(argv=None) -> int:
                                 "results": res})
         _print_case("training step", dtype, [2, 1, *args.train_patch], res)
         del x, target
-    result["environment"]["loadavg_end"] = os.getloadavg()
-    print(f"load average at start {result['environment']['loadavg_start']}, at end {os.getloadavg()}")
-    out = args.out or default_out(f"network_{args.device}")
-    write_json(out, result)
-    print(f"wrote {out}")
-    return 0
 
 
 def _print_case(case, dtype, shape, res):
@@ -297,7 +307,10 @@ def _print_case(case, dtype, shape, res):
             extra = f"{100 * prof['idc_share']:9.1f}% {idc_s:7.3f} {prof['step_profiled_us'] / 1e6:10.3f}"
         else:
             extra = f"{'-':>10} {'-':>7} {'-':>10}"
-        print(f"  {b:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['speedup_vs_reference']:7.2f}x {extra}")
+        spread = "-" if r["spread"] is None else f"{r['spread']:.0%}"
+        mark = "" if r["stable"] else "  UNSTABLE"
+        print(f"  {b:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['speedup_vs_reference']:7.2f}x {extra} "
+              f"spread {spread}{mark}")
     sys.stdout.flush()
 
 

@@ -290,7 +290,8 @@ def cuda_kernels(arch, lib, log):
                                          "idc_weight_grad_reduce_kernel", "idc_weight_grad_generic_kernel",
                                          "idc_dx_kernel") if k in fn), None)
                 if kind is None:
-                    kind = re.sub(r"^.*?(idc_\w+?kernel).*$", r"\1", demangled) if "idc_" in demangled else demangled[:60]
+                    kind = (re.sub(r"^.*?(idc_\w+?kernel).*$", r"\1", demangled) if "idc_" in demangled
+                            else demangled[:60])
                 rest = fn[fn.index(kind) + len(kind):] if kind in fn else ""
                 dtype = ("fp16" if rest.startswith("IN3c104Half") else
                          "bf16" if rest.startswith("IN3c108BFloat16") else
@@ -461,7 +462,7 @@ def triton_prediction(arch, dtype_name, call, direction):
             wg = b["weight_grad"]
             wctas, _ = occupancy(arch, wg["registers"], wg["num_warps"], wg["shared_bytes"])
             values = b["partial_bytes"] / 4
-            per_iter = wg["kwargs"].get("ROWS_BLOCK", 32) * (1 if "TAPS_P" not in wg["kwargs"] else wg["kwargs"]["TAPS_P"])
+            per_iter = wg["kwargs"].get("ROWS_BLOCK", 32) * wg["kwargs"].get("TAPS_P", 1)
             iters = math.ceil(values / max(1, wg["grid"]) / per_iter)
             wt = (MODEL["launch_s"] + iters * MODEL["l2_latency_s"]
                   * math.ceil(wg["grid"] / max(1, a["sms"] * wctas)))
@@ -679,7 +680,8 @@ def print_summary(report):
         cfg_s = "x".join(str(cfg[n]) for n in ("BLOCK_C", "BLOCK_D", "BLOCK_H", "BLOCK_W")) if cfg else ""
         print(f"{p['backend']:7} {p['arch']:5} {p['dtype']:5} {str(tuple(p['shape'])):24} "
               f"{p['x_bytes'] / 1e6:>7.1f} {p['direction']:16} {100 * p['predicted_fraction']:>4.0f}% "
-              f"{first['waves']:>6.1f} {first['inflight_read_bytes_per_sm'] / 1024:>7.1f}/{first['littles_law_read_bytes_per_sm'] / 1024:<7.1f} "
+              f"{first['waves']:>6.1f} {first['inflight_read_bytes_per_sm'] / 1024:>7.1f}/"
+              f"{first['littles_law_read_bytes_per_sm'] / 1024:<7.1f} "
               f"{first['read_amplification']:>6.2f} {first['bound']:6} {cfg_s}")
 
 
@@ -688,7 +690,8 @@ def main(argv=None):
     p.add_argument("--arch", nargs="+", choices=tuple(ARCHS), default=["sm_89", "sm_90"])
     p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
     p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--subset", action="store_true", help="only the calls the targets name (x >= 32 MB in bf16: the three largest)")
+    p.add_argument("--subset", action="store_true",
+                   help="only the calls the targets name (x >= 32 MB in bf16: the three largest)")
     p.add_argument("--details", type=Path, default=None,
                    help="also write every figure of the model and the SASS counts here")
     p.add_argument("--cuda-lib", type=Path, default=None,

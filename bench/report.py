@@ -60,7 +60,17 @@ def save_figure(fig, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- op: CPU
 
-def cpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+UNSTABLE_MARK = " ⚠"
+
+
+def mark(stable) -> str:
+    """The mark of a figure whose repeats disagree (spread above the limit) or whose run was not
+    quiet: the reader must never see such a ratio without it."""
+    return "" if stable is not False else UNSTABLE_MARK
+
+
+def cpu_op_section(data: dict, plots: Path, one_thread: dict | None = None,
+                   run_quiet: bool = True) -> tuple[list[str], list[Path]]:
     providers = data["providers"]
     fused = [p for p in providers if p != "reference"]
     dram = data["dram_copy"]
@@ -68,21 +78,24 @@ def cpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
     out = [f"CPU, float32, batch 1, {data['environment']['threads']} threads; the network's "
            f"{data['summary']['calls']} calls (identical shapes timed once, weighted by their count in the "
            f"geometric means). Providers: {', '.join(providers)} (`compile` = torch.compile(reference)). "
-           "Medians.", ""]
+           "Medians of interleaved repeats (every provider in turn); ⚠ marks a row whose repeats spread by more "
+           "than 5 % (IQR / median) or any row of a run that was not quiet.", ""]
     head = ["shape (C×D×H×W)", "calls", "x MB", "reference fwd ms"] + [f"{p} fwd ms (speedup)" for p in fused]
     head += ["reference fwd+bwd ms"] + [f"{p} fwd+bwd ms (speedup)" for p in fused]
     body = []
     for r in rows:
         t, s = r["times_s"], r["speedup"]
-        cells = [shape_label(r["shape"]), r["calls"], mb(r["x_MB"]), f"{t['reference']['fwd'] * 1e3:.2f}"]
-        cells += [f"{t[p]['fwd'] * 1e3:.2f} ({s[p]['fwd']:.2f}x)" for p in fused]
+        m = mark(r.get("stable", True) and run_quiet)
+        cells = [shape_label(r["shape"]) + m, r["calls"], mb(r["x_MB"]), f"{t['reference']['fwd'] * 1e3:.2f}"]
+        cells += [f"{t[p]['fwd'] * 1e3:.2f} ({s[p]['fwd']:.2f}x{m})" for p in fused]
         cells += [f"{t['reference']['fwdbwd'] * 1e3:.1f}"]
-        cells += [f"{t[p]['fwdbwd'] * 1e3:.1f} ({s[p]['fwdbwd']:.2f}x)" for p in fused]
+        cells += [f"{t[p]['fwdbwd'] * 1e3:.1f} ({s[p]['fwdbwd']:.2f}x{m})" for p in fused]
         body.append(cells)
     out += table(head, body) + [""]
+    all_stable = run_quiet and all(r.get("stable", True) for r in rows)
     for p, g in data["summary"]["geomean_speedup"].items():
         out.append(f"- geometric mean speedup of `{p}` over `reference`: forward **{g['fwd']:.2f}x**, "
-                   f"forward+backward **{g['fwdbwd']:.2f}x**")
+                   f"forward+backward **{g['fwdbwd']:.2f}x**{mark(all_stable)}")
     if "largest_cpu_fwd_over_clone" in data["summary"]:
         out.append(f"- largest call ({shape_label(data['summary']['largest_shape'])}): fused forward = "
                    f"{data['summary']['largest_cpu_fwd_over_clone']:.2f}x the time of `x.clone()`")
@@ -103,11 +116,29 @@ def cpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
                              f"({'cache-resident' if frac is None else format(frac, '.0%')})")
         body.append(cells)
     out += table(head, body)
-    figs = [plot_cpu_speedup(data, plots / "op_speedup.png"), plot_cpu_roofline(data, plots / "op_roofline.png")]
+    if one_thread:
+        out += ["", "The same calls with **one thread** (reference and the fused kernel; a one-thread figure "
+                "does not depend on waking a second thread, so it is the steadier of the two):", ""]
+        body = []
+        for r in one_thread["results"]:
+            t, s = r["times_s"], r["speedup"]
+            m = mark(r.get("stable", True) and run_quiet)
+            body.append([shape_label(r["shape"]) + m, r["calls"], f"{t['reference']['fwd'] * 1e3:.2f}",
+                         f"{t['cpu']['fwd'] * 1e3:.2f} ({s['cpu']['fwd']:.2f}x{m})",
+                         f"{t['reference']['fwdbwd'] * 1e3:.1f}",
+                         f"{t['cpu']['fwdbwd'] * 1e3:.1f} ({s['cpu']['fwdbwd']:.2f}x{m})"])
+        out += table(["shape (C×D×H×W)", "calls", "reference fwd ms", "cpu fwd ms (speedup)",
+                      "reference fwd+bwd ms", "cpu fwd+bwd ms (speedup)"], body) + [""]
+        g = one_thread["summary"]["geomean_speedup"]["cpu"]
+        stable1 = run_quiet and all(r.get("stable", True) for r in one_thread["results"])
+        out.append(f"- one thread, geometric mean speedup of `cpu` over `reference`: forward **{g['fwd']:.2f}x**, "
+                   f"forward+backward **{g['fwdbwd']:.2f}x**{mark(stable1)}")
+    figs = [plot_cpu_speedup(data, plots / "op_speedup.png", run_quiet),
+            plot_cpu_roofline(data, plots / "op_roofline.png")]
     return out, figs
 
 
-def plot_cpu_speedup(data, path):
+def plot_cpu_speedup(data, path, run_quiet: bool = True):
     plt = _pyplot()
     rows = data["results"]
     fused = [p for p in data["providers"] if p != "reference"]
@@ -117,12 +148,20 @@ def plot_cpu_speedup(data, path):
     width = 0.8 / max(1, len(series))
     for i, (p, m) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(xs, [r["speedup"][p][m] for r in rows], width, label=f"{p} {MODES[m]}")
+        bars = ax.bar(xs, [r["speedup"][p][m] for r in rows], width, label=f"{p} {MODES[m]}")
+        for bar, r in zip(bars, rows):  # unreliable figures hatched, never shown plain
+            if not (run_quiet and r.get("stable", True)):
+                bar.set_hatch("///")
+                bar.set_alpha(0.5)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), [lb + mark(run_quiet and r.get("stable", True)) for lb, r in zip(labels, rows)],
+                  rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("speedup over reference (log)")
-    ax.set_title(f"InceptionDWConv3d speedup per layer shape — {data['environment']['device']}", fontsize=9)
+    title = f"InceptionDWConv3d speedup per layer shape — {data['environment']['device']}"
+    if not run_quiet or not all(r.get("stable", True) for r in rows):
+        title = "UNRELIABLE (hatched: spread > 5 % or a busy machine) — " + title
+    ax.set_title(title, fontsize=9, color="black" if "UNRELIABLE" not in title else "darkred")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -153,7 +192,7 @@ def plot_cpu_roofline(data, path):
 
 # ----------------------------------------------------------------------------- op: GPU
 
-def gpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+def gpu_op_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[list[str], list[Path]]:
     meta = data["meta"]
     rows = [r for r in data["rows"] if "ms" in r]
     providers = data["providers"]
@@ -175,13 +214,18 @@ def gpu_op_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
                 cells = [shape_label(shape), next(r["calls"] for r in sel if r["shape"] == shape)]
                 for p in providers:
                     r = next((r for r in sel if r["shape"] == shape and r["provider"] == p), None)
-                    cells.append("-" if r is None else f"{r['ms']:.3f} ({fmt(r.get('speedup_vs_reference'))}x, "
+                    m = "" if r is None else mark(run_quiet and r.get("stable", True))
+                    cells.append("-" if r is None else f"{r['ms']:.3f} ({fmt(r.get('speedup_vs_reference'))}x{m}, "
                                  f"{r['fraction_of_copy']:.0%})" + ("" if r.get("ok") else " WRONG"))
                 body.append(cells)
             out += table(["shape (C×D×H×W)", "calls"] + providers, body) + [""]
     out.append("Geometric means over the calls (per call):")
     out.append("")
-    body = [[s["dtype"], MODES[s["mode"]], s["provider"], fmt(s.get("geomean_speedup_per_call")),
+    def stable(dtype, mode):
+        return run_quiet and all(r.get("stable", True) for r in rows if (r["dtype"], r["mode"]) == (dtype, mode))
+
+    body = [[s["dtype"], MODES[s["mode"]], s["provider"],
+             fmt(s.get("geomean_speedup_per_call")) + mark(stable(s["dtype"], s["mode"])),
              s.get("calls_slower_than_reference", "-"), s["all_ok"]]
             for s in data["summary"] if s["provider"] != "reference"]
     out += table(["dtype", "mode", "provider", "geomean speedup", "calls slower than reference", "all correct"], body)
@@ -264,7 +308,7 @@ def plot_gpu_static(data, path):
 
 # ----------------------------------------------------------------------------- network
 
-def network_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+def network_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[list[str], list[Path]]:
     s = data["settings"]
     out = [f"{data['network']} on {data['environment']['device']}: inference forward at batch "
            f"{s['batch_inference']} × {'×'.join(map(str, s['patch_inference']))}, training step (forward, "
@@ -272,29 +316,38 @@ def network_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
            f"{s['repeats']} interleaved repeats after {s['warmup']} warm-up.", ""]
     body = []
     for case in data["cases"]:
+        stable_case = run_quiet and all(r.get("stable", True) for r in case["results"].values())
         for b, r in case["results"].items():
             share = (r.get("profile") or {}).get("idc_share")
             body.append([case["case"], case["dtype"], b, f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
-                         f"{r['speedup_vs_reference']:.2f}x", fmt(share, ".1%")])
-    out += table(["case", "dtype", "backend", "median s", "min s", "speedup (median)",
+                         fmt(r.get("spread"), ".0%"), f"{r['speedup_vs_reference']:.2f}x{mark(stable_case)}",
+                         fmt(share, ".1%")])
+    out += table(["case", "dtype", "backend", "median s", "min s", "spread (IQR/median)", "speedup (median)",
                   "InceptionDWConv3d share (profiler)"], body)
-    return out, [plot_network(data, plots / "network.png")]
+    return out, [plot_network(data, plots / "network.png", run_quiet)]
 
 
-def plot_network(data, path):
+def plot_network(data, path, run_quiet: bool = True):
     plt = _pyplot()
     cases = data["cases"]
     fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases) + 1, 3.5), squeeze=False)
     for ax, case in zip(axes[0], cases):
         names = list(case["results"])
         med = [case["results"][b]["median_s"] for b in names]
-        ax.bar(names, med, color=["grey"] + ["tab:blue"] * (len(names) - 1))
+        stable_case = run_quiet and all(r.get("stable", True) for r in case["results"].values())
+        bars = ax.bar(names, med, color=["grey"] + ["tab:blue"] * (len(names) - 1))
         for i, b in enumerate(names):
-            ax.text(i, med[i], f"{case['results'][b]['speedup_vs_reference']:.2f}x", ha="center", va="bottom",
-                    fontsize=8)
+            if not stable_case:
+                bars[i].set_hatch("///")
+                bars[i].set_alpha(0.5)
+            ax.text(i, med[i], f"{case['results'][b]['speedup_vs_reference']:.2f}x{mark(stable_case)}",
+                    ha="center", va="bottom", fontsize=8)
         ax.set_title(f"{case['case']} ({case['dtype']})", fontsize=9)
         ax.set_ylabel("median s")
-    fig.suptitle(f"Network: reference vs fused — {data['environment']['device']}", fontsize=9)
+    title = f"Network: reference vs fused — {data['environment']['device']}"
+    if not run_quiet or not all(r.get("stable", True) for c in cases for r in c["results"].values()):
+        title = "UNRELIABLE (hatched) — " + title
+    fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
 
 
@@ -316,7 +369,7 @@ def complexity_section(data: list) -> list[str]:
 
 # ----------------------------------------------------------------------------- FLARE
 
-def flare_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
+def flare_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[list[str], list[Path]]:
     from fusionseg_kernels.profiling import case_table
 
     backends = data["backends"]
@@ -336,7 +389,7 @@ def flare_section(data: dict, plots: Path) -> tuple[list[str], list[Path]]:
             for c in res["cases"]:
                 r = ref.get(c["case"])
                 if r:
-                    body.append([c["case"], b, f"{r['time_s'] / c['time_s']:.2f}x",
+                    body.append([c["case"], b, f"{r['time_s'] / c['time_s']:.2f}x{mark(run_quiet)}",
                                  fmt(None if not c["max_mem_mb"] else r["max_mem_mb"] / c["max_mem_mb"]),
                                  fmt(None if not c["auc_mb_s"] else r["auc_mb_s"] / c["auc_mb_s"])])
         out += ["Reference against fused, per case (ratios > 1: the fused backend is faster / uses less):", ""]
@@ -383,10 +436,43 @@ def environment_lines(results: dict) -> list[str]:
     ]
 
 
+def machine_lines(results: dict) -> list[str]:
+    """The machine's state during each timed job and the limits of a quiet run."""
+    machine = results.get("machine")
+    verdict = results.get("verdict")
+    if not machine or not verdict:
+        return ["- machine state: not recorded (a report from before the harness recorded it)"]
+    limits = verdict["limits"]
+    out = [f"- machine state (quiet = other processes under {limits['other_cpu_cores']:.0%} of a core on average "
+           f"and under {limits['other_cpu_cores_window']:.0%} in every {limits['window_s']} s window, steal under "
+           f"{limits['steal_cores']:.0%}, every timed quantity's spread under {limits['spread']:.0%}): "
+           + ("**quiet**" if verdict["quiet"] else "**not quiet**")]
+    wait = machine.get("wait_for_quiet") or {}
+    if wait.get("quiet") is not None:
+        out.append(f"- waited {wait['waited_s']:.0f} s for a quiet machine before timing "
+                   f"({'found it' if wait['quiet'] else 'gave up'})")
+    body = []
+    for name, rec in (machine.get("jobs") or {}).items():
+        if "other_cpu_cores" in rec:
+            body.append([name, f"{rec['seconds']:.0f}", f"{rec['other_cpu_cores']:.0%}",
+                         f"{rec['other_cpu_cores_max_window']:.0%}", f"{rec['steal_cores']:.0%}",
+                         f"{rec['load_average_start'][0]:.2f} → {rec['load_average_end'][0]:.2f}"])
+    if body:
+        out += ["", *table(["job", "seconds", "other processes (cores, mean)", "max window", "steal",
+                            "load average"], body)]
+    return out
+
+
 def build_markdown(results: dict, out_dir: Path) -> tuple[str, list[Path]]:
     plots = out_dir / "plots"
     sec = results.get("sections", {})
-    lines = [f"# Benchmark report — {results['environment']['device']}", ""] + environment_lines(results) + [""]
+    verdict = results.get("verdict") or {"quiet": True, "reasons": []}
+    run_quiet = bool(verdict["quiet"])
+    lines = [f"# Benchmark report — {results['environment']['device']}", ""]
+    if not run_quiet:
+        lines += ["**UNRELIABLE**: " + "; ".join(verdict["reasons"]) + ". Figures marked ⚠ (hatched in the "
+                  "plots) are not results; rerun on a quiet machine.", ""]
+    lines += environment_lines(results) + [""] + machine_lines(results) + [""]
     status = results.get("status", {})
     if status:
         body = [[n, "skipped" if s.get("ok") is None else "ok" if s["ok"] else "FAILED", f"{s.get('seconds', 0):.0f}",
@@ -406,16 +492,17 @@ def build_markdown(results: dict, out_dir: Path) -> tuple[str, list[Path]]:
 
     op = sec.get("op")
     if op:
-        add("Op benchmark: InceptionDWConv3d", cpu_op_section(op["data"], plots) if op["kind"] == "cpu"
-            else gpu_op_section(op["data"], plots))
+        add("Op benchmark: InceptionDWConv3d",
+            cpu_op_section(op["data"], plots, op.get("one_thread"), run_quiet) if op["kind"] == "cpu"
+            else gpu_op_section(op["data"], plots, run_quiet))
     if sec.get("gpu_static"):
         add("Static GPU report (predictions)", gpu_static_section(sec["gpu_static"], plots))
     if sec.get("network"):
-        add("Network: reference vs fused", network_section(sec["network"], plots))
+        add("Network: reference vs fused", network_section(sec["network"], plots, run_quiet))
     if sec.get("complexity"):
         add("Complexity", (complexity_section(sec["complexity"]), []))
     if sec.get("flare"):
-        add("FLARE efficiency profile of `fusionseg predict`", flare_section(sec["flare"], plots))
+        add("FLARE efficiency profile of `fusionseg predict`", flare_section(sec["flare"], plots, run_quiet))
     missing = [n for n in ("op", "gpu_static", "network", "complexity", "flare") if not sec.get(n)]
     if missing:
         lines += [f"Not in this report (skipped or failed, see the job table): {', '.join(missing)}.", ""]

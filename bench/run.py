@@ -42,6 +42,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.machine import MachineMonitor, judge, wait_for_quiet
 from bench.harness import (KEEP_FREED_MEMORY, PAPER_SLICES, PAPER_SPACING, REPORTS_DIR, ROOT, device_slug,
                            environment, utc_now, write_json)
 
@@ -69,6 +70,8 @@ def parse_args(argv=None):
                    help="seconds bench/gpu_static.py may take (default 240; it compiles Triton kernels for "
                         "two architectures the first time, later runs reuse Triton's cache); 0: no limit")
     p.add_argument("--smoke", action="store_true", help="every section on tiny sizes (a check of the pipeline)")
+    p.add_argument("--wait-quiet", type=float, default=180, metavar="S",
+                   help="wait up to S seconds for a quiet machine before timing (default 180; 0: do not wait)")
     args = p.parse_args(argv)
     args.sections = [s for s in (args.only or SECTIONS) if s not in args.skip]
     args.flare_sizes = args.flare_sizes or ("paper" if args.full else "small")
@@ -80,10 +83,12 @@ def parse_args(argv=None):
 class Runner:
     """Runs one job at a time, its output shown and kept in logs/<name>.log; records status and time."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, gpu: bool = False):
+        self.out, self.gpu = out, gpu
         self.status: dict[str, dict] = {}
         self.timed_out: set[str] = set()
+        #: the machine's state during each timed job (MachineMonitor records)
+        self.machine: dict[str, dict] = {}
 
     def _kill(self, proc, name, timeout):
         self.timed_out.add(name)
@@ -113,11 +118,13 @@ class Runner:
             if timer:
                 timer.start()
             try:
-                if of is None:
-                    for line in proc.stdout:
-                        sys.stdout.write(line)
-                        lf.write(line)
-                rc = proc.wait()
+                with MachineMonitor(name, gpu=self.gpu) as monitor:
+                    if of is None:
+                        for line in proc.stdout:
+                            sys.stdout.write(line)
+                            lf.write(line)
+                    rc = proc.wait()
+                self.machine[name] = monitor.record
             finally:
                 if timer:
                     timer.cancel()
@@ -167,7 +174,13 @@ def section_op(r: Runner, args, device: str, py: str) -> dict | None:
             cmd += ["--budget", "0.5"]
         r.run("op", cmd, env=KEEP_FREED_MEMORY)
         data = load(out)
-        return {"kind": "cpu", "data": data} if data else None
+        # one thread beside the two: one-thread figures do not depend on waking a second thread
+        out1 = raw / "cpu_op_1thread.json"
+        cmd1 = [py, "-m", "bench.bench_cpu_op", "--threads", "1", "--providers", "reference", "cpu",
+                "--out", str(out1)] + (["--smoke"] if args.smoke else [] if args.full else ["--budget", "0.5"])
+        if args.threads != 1:
+            r.run("op_1thread", cmd1, env=KEEP_FREED_MEMORY)
+        return {"kind": "cpu", "data": data, "one_thread": load(out1)} if data else None
     out = raw / "gpu_kernels.json"
     cmd = [py, "-m", "bench.bench_gpu_kernels", "--out", str(out)]
     if args.smoke:
@@ -249,7 +262,10 @@ def section_flare(r: Runner, args, device: str, py: str) -> dict | None:
         for image in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
             target = cases / image.name
             if not target.exists():
-                os.link(image, target) if os.stat(image).st_dev == os.stat(cases).st_dev else shutil.copy2(image, target)
+                if os.stat(image).st_dev == os.stat(cases).st_dev:
+                    os.link(image, target)
+                else:
+                    shutil.copy2(image, target)
     model = work / "model"
     print(f"== flare_model: writing a random-weight model folder to {model}", flush=True)
     write_model_folder(model, args.smoke)
@@ -283,7 +299,8 @@ def main(argv=None) -> int:
     out = args.out or REPORTS_DIR / f"{utc_now():%Y-%m-%dT%H%MZ}-{device_slug(env)}"
     out.mkdir(parents=True, exist_ok=True)
     print(f"bench: {env['device']}, commit {env['commit'][:12]}; report folder {out}", flush=True)
-    runner = Runner(out)
+    runner = Runner(out, gpu=device == "cuda")
+    waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else {"quiet": None, "waited_s": 0.0}
     py = sys.executable
     sections = {}
     jobs = {"op": section_op, "gpu_static": section_gpu_static, "network": section_network,
@@ -299,6 +316,8 @@ def main(argv=None) -> int:
                "options": {"full": args.full, "smoke": args.smoke, "flare_sizes": args.flare_sizes,
                            "threads": args.threads, "sections": args.sections},
                "total_seconds": time.perf_counter() - started, "status": runner.status, "sections": sections}
+    results["machine"] = {"wait_for_quiet": waited, "jobs": runner.machine}
+    results["verdict"] = run_verdict(runner.machine, sections)
     write_json(out / "results.json", results)
     from bench import report
 
@@ -308,7 +327,31 @@ def main(argv=None) -> int:
         print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
     print(f"bench: {time.perf_counter() - started:.0f} s in all")
     print(path)
+    if not results["verdict"]["quiet"]:  # the last line, so that nobody reads the figures without it
+        print(f"bench: UNRELIABLE: {'; '.join(results['verdict']['reasons'])}")
     return 1 if failed else 0
+
+
+#: the jobs whose figures are timings (the static report and the complexity table are not)
+TIMED_JOBS = ("op", "op_1thread", "network", "flare_")
+
+
+def run_verdict(machine: dict[str, dict], sections: dict) -> dict:
+    """The run's verdict: the machine's state during every timed job, and the spread of every
+    timed quantity the sections report."""
+    timed = {name: record for name, record in machine.items() if name.startswith(TIMED_JOBS)}
+    unstable = []
+    op = sections.get("op") or {}
+    if op.get("kind") == "gpu":
+        unstable += [f"op {r['provider']} {r['dtype']} {r['mode']} {tuple(r['shape'])}"
+                     for r in (op.get("data") or {}).get("rows", []) if r.get("stable") is False]
+    for name, data in (("op", op.get("data")), ("op 1 thread", op.get("one_thread"))):
+        unstable += [f"{name} {tuple(r['shape'])} {q}" for r in (data or {}).get("results", [])
+                     for q in r.get("unstable", [])]
+    for case in (sections.get("network") or {}).get("cases", []):
+        unstable += [f"network {case['case']} {case['dtype']} {b}" for b, r in case["results"].items()
+                     if r.get("stable") is False]
+    return judge(list(timed.values()), unstable)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,21 @@ import torch
 from benchsupport import DEVICE, ROUNDS, SCALE
 
 from bench import harness as common
+from bench.machine import MachineMonitor
+
+# The machine's state over the whole session (bench/compare.py judges a comparison by it).
+_MONITOR = MachineMonitor("pytest-benchmark suite", gpu=DEVICE == "cuda")
+
+
+def pytest_sessionstart(session):
+    _MONITOR.__enter__()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    # before pytest-benchmark's own sessionfinish, which writes the JSON with the machine info
+    if not _MONITOR.record:
+        _MONITOR.__exit__(None, None, None)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -27,6 +42,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "cpu", "compute_capability")}
     machine_info["fusionseg"]["rounds"] = ROUNDS
     machine_info["fusionseg"]["scale"] = SCALE
+    machine_info["fusionseg"]["machine"] = _MONITOR.record or None
 
 
 @pytest.fixture(autouse=True, scope="session")
