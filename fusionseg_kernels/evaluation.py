@@ -112,6 +112,44 @@ def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, 
     return _as_uint8(arr), tuple(float(s) for s in reversed(img.GetSpacing()))
 
 
+def _values(arr: np.ndarray, limit: int = 3) -> str:
+    vals = np.unique(arr)
+    shown = ", ".join(f"{v:g}" for v in vals[:limit])
+    return shown + (", ..." if len(vals) > limit else "")
+
+
+def label_notes(pred: np.ndarray, gt: np.ndarray) -> list[str]:
+    """What the masks hold before FLARE's uint8 cast that the cast hides: a ground truth with labels
+    other than 0 and 1, a prediction with negative labels (-1 becomes 255) or non-integer values
+    (0.5 becomes 0). FLARE's scores are kept; these notes give the true reason."""
+    notes = []
+    odd_gt = gt[(gt != 0) & (gt != 1)]
+    if odd_gt.size:
+        notes.append(f"ground truth holds labels other than 0 and 1 ({_values(odd_gt)}); only label 1 is scored")
+    if np.issubdtype(pred.dtype, np.floating) and not np.array_equal(pred, np.trunc(pred)):
+        fractions = pred[pred != np.trunc(pred)]
+        notes.append(f"prediction holds non-integer values ({_values(fractions)}), which FLARE's uint8 cast truncates")
+    negative = pred[pred < 0]
+    if negative.size:
+        notes.append(f"prediction holds negative labels ({_values(negative)}), which FLARE's uint8 cast wraps "
+                     f"to 255 and scores 0")
+    return notes
+
+
+def geometry_difference(pred_img, gt_img) -> str | None:
+    """How the prediction's grid differs from the ground truth's (spacing, origin, direction),
+    None when it does not. FLARE scores with the ground truth's header and compares voxels by
+    index, so a difference is scored as if it were not there: almost always a pipeline error."""
+    checks = (("spacing", pred_img.GetSpacing(), gt_img.GetSpacing(), 1e-4),
+              ("origin", pred_img.GetOrigin(), gt_img.GetOrigin(), 1e-3),
+              ("direction", pred_img.GetDirection(), gt_img.GetDirection(), 1e-5))
+    for what, p, g, tol in checks:
+        if not np.allclose(p, g, rtol=0, atol=tol):
+            return (f"the prediction's {what} {tuple(round(v, 4) for v in p)} differs from the ground truth's "
+                    f"{tuple(round(v, 4) for v in g)}; scored on the ground truth's grid, as FLARE does")
+    return None
+
+
 def _cases(folder: str, role: str) -> dict[str, str]:
     if not os.path.isdir(folder):
         raise EvaluationError(f"the {role} folder {folder} does not exist or is not a folder.")
@@ -119,13 +157,17 @@ def _cases(folder: str, role: str) -> dict[str, str]:
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
-                     progress=None) -> list[dict]:
+                     progress=None, strict: bool = False) -> list[dict]:
     """Scores every ``<case>.nii.gz`` of `gt_dir` against the file of the same name in `pred_dir`.
 
     Returns one row per case, sorted by case name: dict(case, dsc, nsd, note) with dsc/nsd
     floats, or None for a prediction that has no ground truth (note ``no ground truth``). A case
     without a prediction gets 0, 0 and note ``no prediction``. `progress`, if given, is called
     with each row as it is computed.
+
+    The note also says what FLARE's rules hide: a prediction on another grid than its ground truth
+    (also in ``row["geometry"]``; with `strict`, an `EvaluationError`), and labels the uint8 cast
+    changes (`label_notes`).
     """
     pred_dir, gt_dir = os.fspath(pred_dir), os.fspath(gt_dir)
     gts = _cases(gt_dir, "ground-truth")
@@ -139,14 +181,24 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
         elif case not in preds:
             row = dict(case=case, dsc=0.0, nsd=0.0, note=NOTE_NO_PRED)
         else:
-            gt, spacing = read_mask(gts[case])
-            pred, _ = read_mask(preds[case])
-            if pred.shape != gt.shape:
+            gt_img, gt_raw = imageio.read_mask(gts[case])
+            pred_img, pred_raw = imageio.read_mask(preds[case])
+            if pred_raw.shape != gt_raw.shape:
                 raise EvaluationError(
-                    f"case {case}: the prediction {preds[case]} has size (z, y, x) = {pred.shape} "
-                    f"but the ground truth {gts[case]} has {gt.shape}.")
-            dsc, nsd, note = score_case_detail(pred, gt, spacing)
-            row = dict(case=case, dsc=dsc, nsd=nsd, note=note)
+                    f"case {case}: the prediction {preds[case]} has size (z, y, x) = {pred_raw.shape} "
+                    f"but the ground truth {gts[case]} has {gt_raw.shape}.")
+            geometry = geometry_difference(pred_img, gt_img)
+            if geometry and strict:
+                raise EvaluationError(f"case {case}: {geometry} (without --strict this is a warning).")
+            spacing = tuple(float(v) for v in reversed(gt_img.GetSpacing()))
+            dsc, nsd, note = score_case_detail(_as_uint8(pred_raw), _as_uint8(gt_raw), spacing)
+            reasons = label_notes(pred_raw, gt_raw)
+            # the rule's own note only where no true reason replaces it (-1 is not "above 1")
+            explained = {NOTE_LABEL_ABOVE_1: "negative labels", NOTE_PRED_EMPTY: "non-integer values"}
+            if note in explained and any(explained[note] in r for r in reasons):
+                note = ""
+            notes = ([geometry] if geometry else []) + reasons + ([note] if note else [])
+            row = dict(case=case, dsc=dsc, nsd=nsd, note="; ".join(notes), geometry=geometry)
         rows.append(row)
         if progress is not None:
             progress(row)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +26,10 @@ import SimpleITK as sitk
 
 from fusionseg_kernels import atomic
 from fusionseg_kernels.errors import InputImageError, OutputFolderError
+
+# ITK prints its warnings (a truncated raw file, odd sform scales) straight to stderr; every problem
+# this module finds becomes one sentence of its own instead
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 #: file endings read as images (longest first, so ".nii.gz" wins over ".gz")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -86,6 +89,62 @@ def list_inputs(source: str | os.PathLike) -> list[Path]:
     return files
 
 
+def companion_files(path: Path) -> list[Path]:
+    """The files an image consists of: itself, and the voxel file a MetaImage or NRRD header names."""
+    out = [path]
+    lower = path.name.lower()
+    if lower.endswith((".mhd", ".nhdr")):
+        data = _detached_data_file(path)
+        if data is not None:
+            out.append(data)
+    return out
+
+
+def plan_outputs(sources: list[Path], output_folder: str | os.PathLike,
+                 input_folder: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """[(input, mask file)] for a run, refused up front (`OutputFolderError`) when two inputs would
+    write the same mask, when a mask would overwrite an input (a mask name equal to an input
+    file, or to the voxel file of a MetaImage or NRRD header), or when the output folder is the
+    input folder `input_folder` (a later run would read the masks as CTs). Nothing is created."""
+    out = Path(output_folder)
+    plan = [(src, out / output_name(src)) for src in sources]
+    by_name: dict[str, list[Path]] = {}
+    for src, dst in plan:
+        by_name.setdefault(dst.name, []).append(src)
+    for name, srcs in by_name.items():
+        if len(srcs) > 1:
+            raise OutputFolderError(f"{' and '.join(str(s) for s in srcs)} would be written as the same mask "
+                                    f"{out / name}; rename or move one of them.")
+    inputs = {p.resolve(): src for src in sources for p in companion_files(src)}
+    for src, dst in plan:
+        clash = inputs.get(dst.resolve())
+        if clash is not None:
+            raise OutputFolderError(f"the mask of {src} would overwrite the input {clash} ({dst}); choose an "
+                                    f"output folder that holds no inputs.")
+    if input_folder is not None and out.resolve() == Path(input_folder).resolve():
+        raise OutputFolderError(f"the output folder {out} is the input folder: masks written there would overwrite "
+                                f"inputs named like them and a later run would read them as CTs; choose another "
+                                f"folder.")
+    return plan
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Checks, without creating anything, that masks can be written into `folder`: it is a folder
+    or can be created below a writable one. The folder itself is created when the first mask is
+    written, so a run that fails before leaves nothing behind."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputFolderError(f"output folder {folder} cannot be written ({existing} is a file, not a folder).")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {folder} cannot be written (permission denied on {existing}).")
+    return folder
+
+
 def find_case_images(folder: str | os.PathLike, what: str = "input folder") -> list[tuple[str, Path]]:
     """[(case, file)] of the ``<case>_0000.nii.gz`` (or ``.nii``) images of a folder, sorted by name."""
     folder = Path(folder)
@@ -128,6 +187,12 @@ class ImageHeader:
         return tuple(float(s) for s in self.spacing_xyz[::-1])
 
     @property
+    def spacing_zyx_as_written(self) -> list[float]:
+        """The spacing as the file states it: NIfTI stores float32, read here as the nearest
+        double (1.6 becomes 1.600000023841858); shown as the float32 the file holds (1.6)."""
+        return [_as_written(s) for s in self.spacing_zyx]
+
+    @property
     def n_voxels(self) -> int:
         return int(np.prod(self.size_xyz, dtype=np.int64))
 
@@ -153,10 +218,37 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
                               f"a single-channel CT volume is needed.")
     if min(size) < 1:
         raise InputImageError(f"{path} declares an empty volume of size {size}.")
+    dims = nifti_dims(path) if path.name.lower().endswith((".nii", ".nii.gz")) else None
+    if dims is not None and 0 in dims[:3]:
+        axis = dims.index(0) + 1
+        raise InputImageError(f"{path} declares an empty dimension (dim[{axis}] = 0 in its NIfTI header); "
+                              f"ITK would read it as size 1.")
+    spacing, direction = _positive_spacing(path, tuple(reader.GetSpacing()), tuple(reader.GetDirection()))
     pixel = reader.GetPixelID()
     nbytes = int(np.dtype(sitk.GetArrayViewFromImage(sitk.Image(1, 1, pixel)).dtype).itemsize)
-    return ImageHeader(path, size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                       tuple(reader.GetDirection()), sitk.GetPixelIDValueAsString(pixel), nbytes)
+    return ImageHeader(path, size, spacing, tuple(reader.GetOrigin()), direction,
+                       sitk.GetPixelIDValueAsString(pixel), nbytes)
+
+
+def _positive_spacing(path: Path, spacing: tuple, direction: tuple) -> tuple[tuple, tuple]:
+    """The spacing and direction as ITK holds the image once read: a negative spacing in a
+    header is the same grid as its absolute value along a flipped axis (the direction's column
+    negated), which is what ITK's reader makes of it. A zero spacing is refused."""
+    if any(s == 0 or not np.isfinite(s) for s in spacing):
+        raise InputImageError(f"{path} declares a spacing of {tuple(spacing)} mm; every axis's spacing must be "
+                              f"between 0.01 and 100 mm (a negative spacing is read as a flipped axis).")
+    if all(s > 0 for s in spacing):
+        return spacing, direction
+    d = np.array(direction, dtype=np.float64).reshape(3, 3)
+    for axis, s in enumerate(spacing):
+        if s < 0:
+            d[:, axis] = -d[:, axis]
+    return tuple(abs(float(s)) for s in spacing), tuple(float(v) for v in d.ravel())
+
+
+def _as_written(value: float) -> float:
+    single = np.float32(value)
+    return float(str(single)) if float(single) == value else float(value)
 
 
 def check_complete(header: ImageHeader) -> None:
@@ -170,8 +262,12 @@ def check_complete(header: ImageHeader) -> None:
     path = header.path
     need = header.n_voxels * header.bytes_per_voxel
     lower = path.name.lower()
+    if lower.endswith(".nii.gz") and not _is_gzip(path):
+        lower = lower[:-3]  # an uncompressed NIfTI with a .gz name: SimpleITK reads it as such
     try:
-        if lower.endswith(".nii"):
+        if lower.endswith((".mhd", ".nhdr")):
+            _check_detached_data(path, need)
+        elif lower.endswith(".nii"):
             offset = _nifti_offset(path.open("rb").read(560))
             if offset is not None and path.stat().st_size < offset + need:
                 raise _truncated(path, offset + need, path.stat().st_size)
@@ -214,6 +310,42 @@ def check_complete(header: ImageHeader) -> None:
         if isinstance(err, InputImageError):
             raise
         raise InputImageError(f"{path} could not be read: it is corrupt or truncated ({err}).") from None
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _detached_data_file(path: Path) -> Path | None:
+    """The voxel file a MetaImage (.mhd: ElementDataFile) or detached NRRD (.nhdr: data file)
+    header names; None when the voxels are in the header file or a list of files is named."""
+    try:
+        head = path.open("rb").read(1 << 16).decode("latin-1")
+    except OSError:
+        return None
+    key = r"ElementDataFile\s*=\s*(.+)" if path.name.lower().endswith(".mhd") else r"data ?file:\s*(.+)"
+    m = re.search(key, head, re.I)
+    if not m:
+        return None
+    name = m.group(1).strip()
+    if name.upper() in ("LOCAL", "LIST") or " " in name:
+        return None
+    return (path.parent / name) if not Path(name).is_absolute() else Path(name)
+
+
+def _check_detached_data(path: Path, need: int) -> None:
+    data = _detached_data_file(path)
+    if data is None:
+        return
+    if not data.is_file():
+        raise InputImageError(f"{path} names its voxel file {data}, which does not exist.")
+    head = path.open("rb").read(1 << 16)
+    compressed = re.search(rb"CompressedData\s*=\s*True", head, re.I) or re.search(rb"encoding:\s*(gz|gzip|bz2)",
+                                                                                 head, re.I)
+    if not compressed and data.stat().st_size < need:
+        raise InputImageError(f"{path}'s voxel file {data} is truncated: it holds {data.stat().st_size} bytes of "
+                              f"the {need} its header declares.")
 
 
 def _nifti_offset(head: bytes) -> int | None:
@@ -279,6 +411,54 @@ def nifti_dims(path: str | os.PathLike) -> list[int] | None:
     return list(dim[1:1 + ndim]) if 1 <= ndim <= 7 else None
 
 
+#: NIfTI datatype codes of floating-point voxels and their numpy types
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def nonfinite_voxels(header: ImageHeader, voxels: np.ndarray) -> np.ndarray | None:
+    """A boolean (z, y, x) map of the voxels that are NaN or infinite in the file, None when there
+    are none. ITK's NIfTI reader turns such voxels into 0 without a word, so for a floating-point
+    NIfTI the file's own voxels are read here; for the other formats ITK keeps them."""
+    if not np.issubdtype(voxels.dtype, np.floating):
+        return None
+    lower = header.path.name.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        raw = _nifti_float_voxels(header)
+        bad = ~np.isfinite(raw) if raw is not None else ~np.isfinite(voxels)
+    else:
+        bad = ~np.isfinite(voxels)
+    return bad if bad.any() else None
+
+
+def _nifti_float_voxels(header: ImageHeader) -> np.ndarray | None:
+    """The voxels of a floating-point NIfTI-1/2 file as stored, in ITK's (z, y, x) order."""
+    import gzip
+
+    path = header.path
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as f:
+        head = f.read(540)
+        for order in "<>":
+            size = struct.unpack(order + "i", head[:4])[0]
+            if size == 348:
+                code = struct.unpack(order + "h", head[70:72])[0]
+                offset = int(struct.unpack(order + "f", head[108:112])[0])
+                break
+            if size == 540:
+                code, offset = struct.unpack(order + "h", head[12:14])[0], struct.unpack(order + "q", head[168:176])[0]
+                break
+        else:
+            return None
+        if code not in _NIFTI_FLOATS:
+            return None
+        dtype = np.dtype(order + _NIFTI_FLOATS[code])
+        f.seek(offset)
+        data = f.read(header.n_voxels * dtype.itemsize)
+    if len(data) < header.n_voxels * dtype.itemsize:
+        return None  # truncated: check_complete says so
+    return np.frombuffer(data, dtype=dtype).reshape(header.shape_zyx)
+
+
 def read_mask(path: str | os.PathLike):
     """Reads a 3-D single-channel mask: (the SimpleITK image, a (z, y, x) numpy copy of its voxels)."""
     try:
@@ -341,20 +521,6 @@ def write_mask(mask_zyx: np.ndarray, reference: sitk.Image | None, path: Path, *
     write_image(img, path, compression_level)
 
 
-
-
-def prepare_output_folder(folder: str | os.PathLike) -> Path:
-    """Creates the folder if needed and checks that files can be created in it."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".fusionseg-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise OutputFolderError(f"output folder {folder} cannot be written ({err.strerror or err}).") from None
-    return folder
 
 
 def dataset_json(num_training: int = 0, **extra) -> dict:

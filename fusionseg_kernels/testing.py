@@ -1,6 +1,6 @@
 """Conformance checking of inception_dwconv3d backends: one table of cases and tolerances.
 
-Every backend's tests (tests/test_conformance.py, the Triton interpreter suite), the CUDA
+Every backend's tests (tests/ops/test_conformance.py, the Triton interpreter suite), the CUDA
 emulation runner and the compute-sanitizer driver (bench/sanitize_cuda.py) iterate over
 `CONFORMANCE_CASES` and judge results with `rel_l2` against the float64 reference, forward and
 every gradient. Low precision (float16/bfloat16) is judged against PyTorch's own result in that

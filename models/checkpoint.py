@@ -42,8 +42,17 @@ numpy arrays and scalars of numeric dtypes, numpy dtypes, and torch.device (what
 
 
 def _refused_global(message: str) -> str | None:
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    """The global (a class or function) torch.load's safe unpickler refused to build, from its
+    message: "Unsupported global: GLOBAL x.y" (torch <= 2.10) or "unsupported GLOBAL x.y whose
+    module x is blocked" (torch >= 2.11)."""
+    match = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", message)
     return match.group(1) if match else None
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The reason in torch's weights-only unpickler message, without its advice paragraphs."""
+    match = re.search(r"WeightsUnpickler error: (.+?)(?:\n\n|$)", str(err), flags=re.S)
+    return " ".join(match.group(1).split()) if match else "corrupted data"
 
 
 def read_nnunet_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
@@ -64,9 +73,9 @@ def read_nnunet_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         name = _refused_global(str(err))
-        problem = (f"{path} holds a pickled {name}, which this loader refuses to build (checkpoints "
-                   f"may hold only tensors, plain containers, numpy arrays and scalars, torch.device)"
-                   if name else f"{path} is not a readable PyTorch checkpoint (corrupted data)")
+        problem = (f"{path} holds code (a pickled {name}), which was not run: checkpoints may hold only "
+                   f"tensors, plain containers, numpy arrays and scalars, and torch.device"
+                   if name else f"{path} is not a readable PyTorch checkpoint ({_unpickler_reason(err)})")
     except Exception as err:  # anything an untrusted file makes the unpickler raise
         detail = str(err).split(".")[0].strip() or type(err).__name__
         problem = (f"{path} is not a readable PyTorch checkpoint (truncated, corrupted or another kind "
@@ -76,7 +85,8 @@ def read_nnunet_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise CheckpointError(f"{path} is not an nnU-Net checkpoint (a dict with 'network_weights'); "
                               f"found {type(checkpoint).__name__}"
-                              + (f" with keys {sorted(map(str, checkpoint))[:10]}" if isinstance(checkpoint, dict) else ""))
+                              + (f" with keys {sorted(map(str, checkpoint))[:10]}"
+                                 if isinstance(checkpoint, dict) else ""))
     return checkpoint
 
 

@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth masks <case>.nii.gz")
     p.add_argument("-o", "--output", required=True, type=Path, help="CSV file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-case lines (warnings and means only)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a prediction whose spacing, origin or direction differs from its ground truth's "
+                        "(default: score it on the ground truth's grid, as FLARE does, with a warning)")
     p.set_defaults(run=run)
 
 
@@ -28,6 +31,8 @@ def run(args) -> int:
         raise OutputFolderError(f"the output {args.output} is a folder; give a .csv file name.")
 
     def show(row):
+        if row.get("geometry"):
+            print(f"warning: {row['case']}: {row['geometry']}", file=sys.stderr)
         if row["note"] == NOTE_NO_GT:
             print(f"warning: {row['case']}.nii.gz in {args.pred} has no ground truth in {args.gt} "
                   f"(listed, not scored)", file=sys.stderr)
@@ -38,7 +43,7 @@ def run(args) -> int:
             print(f"{row['case']}  DSC {row['dsc']:.4f}  NSD {row['nsd']:.4f}"
                   + (f"  ({row['note']})" if row["note"] else ""))
 
-    rows = evaluate_folders(args.pred, args.gt, progress=show)
+    rows = evaluate_folders(args.pred, args.gt, progress=show, strict=args.strict)
     write_csv(rows, args.output)
     s = summarize(rows)
     extra = []

@@ -34,6 +34,9 @@ def register(subparsers) -> None:
                    help="leave glibc's malloc thresholds alone (default: keep freed memory for reuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no timing table")
     p.add_argument("--timings", type=Path, metavar="FILE", help="write per-case stage times as JSON")
+    p.add_argument("--replace-non-finite", type=float, metavar="HU",
+                   help="segment images holding NaN or infinite voxels with those voxels set to HU "
+                        "(default: such images are refused)")
     p.set_defaults(run=run)
 
 
@@ -52,13 +55,14 @@ def run(args) -> int:
     from fusionseg_kernels.inference.predict import PredictOptions, Predictor, format_timings, timings_document
 
     sources = imageio.list_inputs(args.input)
-    imageio.prepare_output_folder(args.output)
+    # every refusal before anything is read, loaded or created
+    plan = imageio.plan_outputs(sources, args.output, args.input if args.input.is_dir() else None)
+    imageio.check_output_folder(args.output)
     options = PredictOptions(device=args.device, backend=args.backend, mode=args.mode, folds=args.folds,
                              tta=args.tta, step=args.step, quiet=args.quiet, precision=args.precision,
-                             threads=args.threads)
+                             threads=args.threads, replace_non_finite=args.replace_non_finite)
     predictor = Predictor(args.model, options)
-    results = predictor.predict_paths(sources, args.output,
-                                      report=lambda line: print(f"fusionseg predict: {line}", file=sys.stderr))
+    results = predictor.predict_plan(plan, report=lambda line: print(f"fusionseg predict: {line}", file=sys.stderr))
     if args.timings is not None:
         atomic.write_json(args.timings, timings_document(results, predictor, allocator))
     if not args.quiet:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +40,8 @@ from .render import _Grid, _Renderer, _smoothing_kernel
 __all__ = ["SyntheticCase", "synthesize_ct", "write_case", "write_dataset", "TISSUES",
            "MAX_SIZE", "DEFAULT_SIZE", "DEFAULT_SPACING", "case_name", "has_lesions"]
 
+#: Most cases one dataset may hold (a count beyond it is a typo, not a dataset).
+MAX_CASES = 100_000
 #: Largest accepted size (z, y, x): 600 slices of 512 x 512.
 MAX_SIZE = (600, 512, 512)
 #: Default size (z, y, x) and spacing (z, y, x) in mm: a 410 mm field of view, 640 mm long.
@@ -119,6 +123,20 @@ def _check_spacing(spacing) -> tuple[float, float, float]:
     return vals
 
 
+def _check_free_disk(out_dir: str, n: int, size: Sequence[int]) -> None:
+    """Refuses a dataset that would not fit the free space of the disk it goes to, before anything
+    is written. The estimate is the uncompressed bytes (int16 image and uint8 label per voxel): an
+    upper bound of what the gzip-compressed files take."""
+    folder = Path(out_dir).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    need = n * 3 * int(np.prod(size, dtype=np.int64))
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise OutputFolderError(f"{n} cases of {tuple(size)} voxels need up to {need / 2**30:.1f} GiB, but the disk of "
+                                f"{folder} has {free / 2**30:.1f} GiB free.")
+
+
 def _check_seed(seed) -> int:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}.")
@@ -168,9 +186,9 @@ def synthesize_ct(size: Sequence[int] = DEFAULT_SIZE, spacing: Sequence[float] =
             tissue[k] = tis
     sz, sy, sx = spacing
     origin = (-(nx / 2 - 0.5) * sx, -(ny / 2 - 0.5) * sy, -(nz / 2 - 0.5) * sz)
-    info = [dict(organ=l["host"].name, center_zyx=tuple(int(c) for c in l["center"]),
-                 radii_mm=tuple(float(r) for r in l["radii"]), contrast_hu=float(l["contrast"]))
-            for l in rend.lesions]
+    info = [dict(organ=lesion["host"].name, center_zyx=tuple(int(c) for c in lesion["center"]),
+                 radii_mm=tuple(float(r) for r in lesion["radii"]), contrast_hu=float(lesion["contrast"]))
+            for lesion in rend.lesions]
     return SyntheticCase(image=image, label=label, spacing=spacing, origin=origin,
                          direction=_IDENTITY, seed=seed, lesions=info, tissue=tissue)
 
@@ -204,10 +222,13 @@ def write_dataset(out_dir: str | os.PathLike, n: int = 4, size: Sequence[int] = 
     """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ParameterError(f"the number of cases must be a positive integer, got {n!r}.")
+    if n > MAX_CASES:
+        raise ParameterError(f"the number of cases must be at most {MAX_CASES}, got {n}.")
     size = _check_size(size)
     spacing = _check_spacing(spacing)
     seed = _check_seed(seed)
     out_dir = os.fspath(out_dir)
+    _check_free_disk(out_dir, int(n), size)
     names = [case_name(seed + i) for i in range(int(n))]
     images, labels = os.path.join(out_dir, "imagesTr"), os.path.join(out_dir, "labelsTr")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

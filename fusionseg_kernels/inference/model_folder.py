@@ -250,6 +250,9 @@ def load_model_folder(folder: str | os.PathLike, folds: Sequence[str | int] | No
     init_args = first.get("init_args") if isinstance(first.get("init_args"), dict) else {}
     config_name = configuration or init_args.get("configuration") or "3d_fullres"
     configs = plans.get("configurations") or {}
+    if not isinstance(configs, dict):
+        raise ModelFolderError(f"{folder / 'plans.json'}: 'configurations' is a {type(configs).__name__}, "
+                               f"not a JSON object.")
     if config_name not in configs:
         raise ModelFolderError(f"{folder / 'plans.json'} has no configuration {config_name!r} "
                                f"(it has {', '.join(configs) or 'none'}).")
@@ -272,7 +275,7 @@ def load_model_folder(folder: str | os.PathLike, folds: Sequence[str | int] | No
                                f"only single-channel CT models are supported.")
     network = network_for(trainer_name, config, input_channels, num_classes, backend, folder / "plans.json")
     weights = []
-    for f, path, ckpt in checkpoints:
+    for _fold, path, ckpt in checkpoints:
         if ckpt.get("trainer_name") != trainer_name:
             raise CheckpointError(f"{path} was written by trainer {ckpt.get('trainer_name')!r}, "
                                   f"fold {checkpoints[0][0]} by {trainer_name!r}.")
@@ -306,6 +309,9 @@ def _resolve_configuration(configs: dict, name: str, where: Path) -> dict:
     while name is not None:
         if name in seen or name not in configs:
             raise ModelFolderError(f"{where}: configuration {name!r} cannot be resolved (inherits_from).")
+        if not isinstance(configs[name], dict):
+            raise ModelFolderError(f"{where}: configuration {name!r} is a {type(configs[name]).__name__}, not a "
+                                   f"JSON object.")
         seen.append(name)
         parent = configs[name]
         merged = copy.deepcopy(parent)

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from fusionseg_kernels.errors import EnvironmentSetupError, FusionsegError, ModelFolderError
+from fusionseg_kernels.errors import EnvironmentSetupError, FusionsegError, InputImageError, ModelFolderError
 from fusionseg_kernels.parameters import check_step, check_threads
 
 from fusionseg_kernels import imageio as io
@@ -50,6 +50,7 @@ class PredictOptions:
     precision: str = "fp16"            # fast mode on a GPU: autocast dtype ("fp16", "bf16", "fp32")
     compression_level: int | None = None  # gzip level of .nii.gz masks; None: 1 (fast), library default (exact)
     threads: int | None = None         # torch CPU threads (None: leave torch's setting)
+    replace_non_finite: float | None = None  # HU for NaN/inf voxels; None: refuse such images
 
 
 @dataclass
@@ -132,6 +133,41 @@ class Predictor:
             torch.backends.cudnn.benchmark = o.mode == "exact"
 
     # ------------------------------------------------------------------------------------------
+    #: the spacing (mm) this package resamples from, per axis: CT is acquired between about 0.1
+    #: and 10 mm; anything far outside is a broken header, not a scan
+    SPACING_RANGE_MM = (0.01, 100.0)
+
+    def check_geometry(self, header: io.ImageHeader) -> None:
+        """Refuses (`InputImageError`, one sentence) a spacing outside `SPACING_RANGE_MM` or one
+        that resamples the image to an empty volume at the model's spacing."""
+        low, high = self.SPACING_RANGE_MM
+        spacing = header.spacing_zyx_as_written
+        if not all(low <= s <= high for s in spacing):
+            raise InputImageError(f"{header.path} declares a spacing (z, y, x) of {tuple(spacing)} mm; this model "
+                                  f"resamples images whose spacing is between {low} and {high:g} mm on every axis.")
+        b = self.bundle
+        tf = b.transpose_forward
+        shape = new_shape([header.shape_zyx[i] for i in tf], [header.spacing_zyx[i] for i in tf], b.target_spacing)
+        if min(shape) < 1:
+            raise InputImageError(f"{header.path}: at its spacing (z, y, x) of {tuple(spacing)} mm the image "
+                                  f"resamples to an empty volume at the model's spacing {b.target_spacing} mm; "
+                                  f"spacings between {low} and {high:g} mm with at least one resampled voxel per "
+                                  f"axis are accepted.")
+
+    def _finite(self, voxels: np.ndarray, header: io.ImageHeader) -> np.ndarray:
+        """The voxels, or an error naming how many are NaN or infinite (replaced by the option's HU
+        when it is given)."""
+        bad = io.nonfinite_voxels(header, voxels)
+        if bad is None:
+            return voxels
+        value = self.options.replace_non_finite
+        if value is None:
+            raise InputImageError(f"{header.path} holds {int(bad.sum())} voxels that are NaN or infinite; pass "
+                                  f"--replace-non-finite HU to segment it with those voxels set to HU.")
+        replaced = np.array(voxels)   # ITK's array is read-only (and may hold 0 where the file has NaN)
+        replaced[bad] = value
+        return replaced
+
     def memory_needed(self, header: io.ImageHeader) -> int:
         """A generous estimate of the host memory one case needs, from its header."""
         b = self.bundle
@@ -159,20 +195,23 @@ class Predictor:
         t_start = time.perf_counter()
         with clock("read"):
             header = io.read_header(src)
+            self.check_geometry(header)
             check_fits_in_memory(header, self.memory_needed(header))
             io.check_complete(header)
             image, voxels = io.read_image(header)
+            voxels = self._finite(voxels, header)
             geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
         result.shape_zyx = list(header.shape_zyx)
-        result.spacing_zyx = list(header.spacing_zyx)
+        result.spacing_zyx = header.spacing_zyx_as_written
         try:
             if self.options.mode == "exact":
                 mask = self._exact(image, voxels, header, result, clock, on_tile)
             else:
-                # fast mode lets go of the voxels once they are preprocessed: the holder is emptied
-                holder = {"voxels": voxels, "image": image}
+                # fast mode lets go of the voxels once they are preprocessed: the dict that
+                # holds the only references to them is emptied there
+                full_resolution = {"voxels": voxels, "image": image}
                 del image, voxels
-                mask = self._fast(holder, header, result, clock, on_tile)
+                mask = self._fast(full_resolution, header, result, clock, on_tile)
             if tuple(mask.shape) != tuple(header.shape_zyx):
                 raise RuntimeError(f"mask shape {mask.shape} differs from the image's {header.shape_zyx}")
             with clock("write"):
@@ -256,10 +295,10 @@ class Predictor:
                                     self.mirror_axes, self.device, False, tick)
 
     # ------------------------------------------------------------------------------------------
-    def _fast(self, holder, header, result, clock, on_tile) -> np.ndarray:
+    def _fast(self, full_resolution, header, result, clock, on_tile) -> np.ndarray:
         b, o = self.bundle, self.options
         tf, tb = b.transpose_forward, b.transpose_backward
-        image_t = holder["voxels"].transpose(tf)
+        image_t = full_resolution["voxels"].transpose(tf)
         spacing_t = [header.spacing_zyx[i] for i in tf]
         on_gpu = self.device.type == "cuda"
         with clock("preprocess"):
@@ -273,7 +312,7 @@ class Predictor:
                 volume = fast_preprocess(image_t, spacing_t, b.target_spacing, self.norm_scheme, self.norm_params,
                                          torch.device("cpu"), torch.float32)
             del image_t
-            holder.clear()   # the full-resolution voxels are not needed any more
+            full_resolution.clear()   # the full-resolution voxels are not needed any more
         result.network_shape = list(volume.shape)
         padded = [s + p0 + p1 for s, (p0, p1) in zip(volume.shape, pad_amounts(volume.shape, b.patch_size))]
         n_tiles = len(tile_slices(padded, b.patch_size, o.step))
@@ -309,14 +348,22 @@ class Predictor:
     def predict_paths(self, sources: Iterable[Path], output_folder: str | Path,
                       report: Callable[[str], None] | None = None,
                       on_tile: Callable[[], None] | None = None) -> list[CaseResult]:
-        """Segments every file; a failing case is reported (one line) and skipped, an interruption
-        stops the run after the current case's partial output is removed."""
-        out = io.prepare_output_folder(output_folder)
+        """Segments every file into `output_folder` (see `predict_plan`); the run is refused up
+        front when two files would write one mask or a mask would overwrite an input."""
+        sources = list(sources)
+        plan = io.plan_outputs(sources, output_folder)
+        io.check_output_folder(output_folder)
+        return self.predict_plan(plan, report, on_tile)
+
+    def predict_plan(self, plan: Sequence[tuple[Path, Path]], report: Callable[[str], None] | None = None,
+                     on_tile: Callable[[], None] | None = None) -> list[CaseResult]:
+        """Segments each (input, mask file) pair of `imageio.plan_outputs`; a failing case is
+        reported (one line) and skipped, an interruption stops the run after the current case's
+        partial output is removed."""
         report = report or (lambda line: print(line, file=sys.stderr))
         results = []
-        sources = list(sources)
-        for i, src in enumerate(sources):
-            dst = out / io.output_name(src)
+        sources = [src for src, _ in plan]
+        for i, (src, dst) in enumerate(plan):
             try:
                 results.append(self.predict_file(src, dst, on_tile))
             except KeyboardInterrupt:

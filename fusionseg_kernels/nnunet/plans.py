@@ -45,7 +45,10 @@ def fusionseg_architecture(network: str = "dual", features: Sequence[int] | None
     `features` replaces ``features_per_stage`` (one per stage)."""
     if network not in NETWORK_CLASS_NAMES:
         raise PlansError(f"unknown network {network!r}; choose one of {', '.join(NETWORK_CLASS_NAMES)}")
-    source = source_architecture if isinstance(source_architecture, dict) else {}
+    if source_architecture is not None and not isinstance(source_architecture, dict):
+        raise PlansError(f"the source plans' 'architecture' is a {type(source_architecture).__name__}, not a JSON "
+                         f"object")
+    source = source_architecture or {}
     source_kwargs = source.get("arch_kwargs")
     source_name = str(source.get("network_class_name", ""))
     planned_plain = source_name.rsplit(".", 1)[-1] == "PlainConvUNet" and plans_network(source_name) is None
@@ -56,7 +59,8 @@ def fusionseg_architecture(network: str = "dual", features: Sequence[int] | None
     if features is not None:
         features = [int(f) for f in features]
         if len(features) != len(arch_kwargs["features_per_stage"]):
-            raise PlansError(f"--features needs {len(arch_kwargs['features_per_stage'])} values (one per stage), got {len(features)}")
+            needed = len(arch_kwargs["features_per_stage"])
+            raise PlansError(f"--features needs {needed} values (one per stage), got {len(features)}")
         arch_kwargs["features_per_stage"] = features
     return architecture_entry(network, arch_kwargs)
 
@@ -136,7 +140,10 @@ def rewrite_plans(dataset: str | Path, network: str = "dual", plans_name: str = 
     entry = new["configurations"][configuration]
     if "inherits_from" in entry:
         raise PlansError(f"configuration {configuration!r} inherits from {entry['inherits_from']!r}; rewrite that one")
-    entry["architecture"] = fusionseg_architecture(network, features, entry.get("architecture"))
+    try:
+        entry["architecture"] = fusionseg_architecture(network, features, entry.get("architecture"))
+    except PlansError as err:
+        raise PlansError(f"{plans_file}, configuration {configuration!r}: {err}") from None
     if patch_size is not None:
         entry["patch_size"] = [int(p) for p in patch_size]
     if batch_size is not None:

@@ -16,7 +16,8 @@ class MemorySource:
     source = "unknown"
     device = "unknown"
 
-    def read_mb(self) -> float:
+    def read_mb(self) -> float | None:
+        """MB in use now, or None when there is nothing to measure any more."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -59,7 +60,8 @@ class NvmlSource(MemorySource):
 
 class ProcessTreeRssSource(MemorySource):
     """Resident memory (RSS) of a process and all its descendants, through psutil. Processes that
-    end between two samples simply stop counting; once the root has ended, a sample is 0."""
+    end between two samples simply stop counting; once the root has ended there is nothing to
+    measure, and `read_mb` returns None (no sample, rather than a 0 that was never measured)."""
 
     source = "rss"
 
@@ -75,14 +77,16 @@ class ProcessTreeRssSource(MemorySource):
         why = f"; {reason}" if reason else ""
         self.device = f"CPU: no GPU measured{why}; resident memory (RSS) of process {self.pid} and its children"
 
-    def read_mb(self) -> float:
+    def read_mb(self) -> float | None:
         ps = self._psutil
         if self._root is None:
-            return 0.0
+            return None
         try:
+            if self._root.status() == ps.STATUS_ZOMBIE:
+                return None
             procs = [self._root] + self._root.children(recursive=True)
         except (ps.NoSuchProcess, ps.ZombieProcess, ps.AccessDenied):
-            return 0.0
+            return None
         total = 0
         for proc in procs:
             try:

@@ -1,7 +1,7 @@
 """Argument checks of inception_dwconv3d: one sentence per mistake, ValueError or TypeError.
 
 The C++ op pair (csrc/ops/inception_dwconv3d.cpp) checks its arguments itself, in the same order
-and with the same sentences, raising the same exception types; `tests/test_errors.py` feeds one
+and with the same sentences, raising the same exception types; `tests/ops/test_errors.py` feeds one
 table of bad inputs to every backend and requires identical errors. Shapes are written as lists
 ("[1, 2, 3]") and dtypes as torch names ("torch.int64") on both sides.
 """
