@@ -28,7 +28,8 @@ from pathlib import Path
 
 from bench.harness import (cache_resident, default_out, dram_copy_bandwidth, environment, geomean,
                     network_layer_calls, write_atomic, write_json)
-from bench.machine import MachineMonitor, interleaved, judge, repeats_for
+from bench.machine import (HEADLINE_SPREAD_LIMIT, SPREAD_LIMIT, MachineMonitor, geomean_spread, interleaved, judge,
+                           paired_ratios, repeats_for)
 
 PROVIDERS = ("reference", "cpu", "compile")
 ROOFLINE_FACTOR = {"fwd": 2.0, "fwdbwd": 4.5}
@@ -106,7 +107,7 @@ def bench_layer(shape, gc, providers, budget_s, dram_copy):
     r["copy_same_size_s"], r["clone_s"] = copy_t["copy"].median, copy_t["clone"].median
     r["copy_same_size_GBps"] = 2 * nbytes / r["copy_same_size_s"] / 1e9
     r["cache_resident"] = {m: cache_resident(int(f * nbytes), llc) for m, f in ROOFLINE_FACTOR.items()}
-    r["times_s"], r["compile_s"], r["timings"] = {name: {} for name in providers}, {}, {}
+    r["times_s"], r["compile_s"], r["timings"], r["speedup_repeats"] = {name: {} for name in providers}, {}, {}, {}
     fns = {name: provider_fn(name) for name in providers}
     for mode, (x_, a_) in (("fwd", (x, args)), ("fwdbwd", (xg, args_g))):
         runs = {name: step(fns[name], x_, a_, grad_y, mode) for name in providers}
@@ -114,14 +115,20 @@ def bench_layer(shape, gc, providers, budget_s, dram_copy):
             t0 = time.perf_counter()
             runs["compile"]()
             r["compile_s"][mode] = time.perf_counter() - t0
-        repeats = repeats_for(runs["reference"], budget_s / len(runs), min_repeats=5, max_repeats=30)
+        repeats = repeats_for(runs["reference"], budget_s / len(runs), min_repeats=7, max_repeats=30)
         timed = interleaved(runs, repeats, warmup=1)
         for name, t in timed.items():
             r["times_s"][name][mode] = t.median
             r["timings"][f"{name} {mode}"] = t.as_dict()
+        for name in providers:
+            ratios = paired_ratios(timed["reference"], timed[name])
+            r["speedup_repeats"].setdefault(name, {})[mode] = ratios.as_dict()
     r["timings"].update({k: t.as_dict() for k, t in copy_t.items()})
-    r["stable"] = all(t["stable"] for t in r["timings"].values())
-    r["unstable"] = [k for k, t in r["timings"].items() if not t["stable"]]
+    # a row stands when its speedups do: the spread of the per-repeat ratios of the interleaved
+    # pairs (each side's own spread is kept in "timings"; a drift that hits both cancels)
+    r["unstable"] = [f"{name} {mode}" for name, modes in r["speedup_repeats"].items() if name != "reference"
+                     for mode, t in modes.items() if not t["stable"]]
+    r["stable"] = not r["unstable"]
     ref = r["times_s"]["reference"]
     r["speedup"] = {n: {m: ref[m] / t[m] for m in t} for n, t in r["times_s"].items()}
     r["bandwidth_GBps"] = {n: {m: ROOFLINE_FACTOR[m] * nbytes / t[m] / 1e9 for m in t}
@@ -138,14 +145,27 @@ def summarize(results, providers):
     weights = [r["calls"] for r in results]
     largest = max(results, key=lambda r: r["x_bytes"])
     summary = {"calls": sum(weights), "largest_shape": largest["shape"], "geomean_speedup": {}}
+    summary["geomean_speedup_spread"] = {}
     for name in providers:
         if name == "reference":
             continue
         summary["geomean_speedup"][name] = {
             m: geomean([r["speedup"][name][m] for r in results], weights) for m in ROOFLINE_FACTOR}
+        # how much each geometric mean would move in a repeated run (bootstrap over the repeats)
+        summary["geomean_speedup_spread"][name] = {
+            m: geomean_spread([r["speedup_repeats"][name][m]["times_s"] for r in results], weights)
+            for m in ROOFLINE_FACTOR}
     if "cpu" in providers:
         summary["largest_cpu_fwd_over_clone"] = largest["cpu_fwd_over_clone"]
     return summary
+
+
+def headline_unstable(summary: dict, prefix: str) -> list[str]:
+    """The geometric means whose bootstrap spread is above the headline limit (they decide the
+    run's verdict; a single row's instability is marked on that row)."""
+    spreads = summary.get("geomean_speedup_spread", {})
+    return [f"{prefix} geometric mean {name} {mode}" for name, modes in spreads.items()
+            for mode, spread in modes.items() if spread > HEADLINE_SPREAD_LIMIT]
 
 
 def _fraction(value):
@@ -226,11 +246,12 @@ def main(argv=None) -> int:
             r = bench_layer(shape, gc, providers, budget, dram)
             r["calls"] = count
             results.append(r)
-            mark = "" if r["stable"] else f"  [UNSTABLE: spread above 5 % in {', '.join(r['unstable'])}]"
+            mark = ("" if r["stable"] else
+                    f"  [UNSTABLE: speedup spread above {SPREAD_LIMIT:.0%} in {', '.join(r['unstable'])}]")
             speedups = ", ".join(f"{p} fwd {s['fwd']:.2f}x fwd+bwd {s['fwdbwd']:.2f}x"
                                  for p, s in r["speedup"].items() if p != "reference")
             print(f"{tuple(shape)} gc={gc} x{count}: {speedups}{mark}", flush=True)
-    unstable = [f"{tuple(r['shape'])} {q}" for r in results for q in r["unstable"]]
+    unstable = headline_unstable(summarize(results, providers), "op")
     result = {"benchmark": "cpu_op", "environment": env, "providers": providers, "quick": args.quick,
               "smoke": args.smoke, "budget_s": budget, "threads": args.threads, "dram_copy": dram,
               "machine": monitor.record, "verdict": judge([monitor.record], unstable),

@@ -38,7 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import available_backends
 
 from bench.harness import KEEP_FREED_MEMORY, default_out, quiet_profiler, write_json
-from bench.machine import MachineMonitor, Timings, judge
+from bench.machine import MachineMonitor, Timings, judge, paired_ratios
 from bench.harness import environment as common_environment
 
 IDC_RANGE = "fusionseg.InceptionDWConv3d"
@@ -200,6 +200,10 @@ def run_case(model, backends, step_fn, device, repeats, warmup, profile_it):
             sync(device)
             times[b].append(time.perf_counter() - t0)
     out = {b: Timings(times[b]).as_dict() for b in backends}
+    for b in backends:  # the speedup per interleaved repeat: its spread says whether the ratio holds
+        ratios = paired_ratios(Timings(times["reference"]), Timings(times[b]))
+        out[b]["speedup_spread"] = ratios.spread
+        out[b]["stable"] = ratios.stable if b != "reference" else out[b]["stable"]
     if profile_it:
         ranges = IDCRanges(model)
         try:

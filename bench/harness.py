@@ -26,10 +26,17 @@ RESULTS_DIR = ROOT / "bench" / "results"
 LOCAL_RESULTS_DIR = RESULTS_DIR / "local"
 REPORTS_DIR = ROOT / "reports"
 ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX",
-                  "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
+                  "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF",
+                  "OMP_WAIT_POLICY", "OMP_PROC_BIND", "OMP_PLACES", "OMP_NUM_THREADS")
 # glibc told to keep freed memory: fresh large allocations otherwise page-fault on every call and
 # the fault cost, not the kernel, dominates CPU timings.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+# OpenMP told to keep idle threads spinning on their own core: on a small VM a sleeping second
+# thread sometimes takes a scheduler tick (~8 ms) to wake for the next parallel region, which
+# makes two-thread CPU timings bimodal. Measured with `python -m bench.thread_stability` (the
+# settings compared there; this one gave the smallest spreads and no multi-millisecond outliers).
+# Both sides of every comparison run under it.
+STABLE_THREADS = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
 # The paper's eight whole-body CT sizes: 512 x 512 in-plane at ~0.8 mm, 2.5 mm slices (array
 # order z, y, x), as FLARE's test cases.
 PAPER_SLICES = (55, 100, 150, 215, 334, 448, 499, 554)

@@ -33,8 +33,13 @@ OTHER_CPU_LIMIT = 0.10
 OTHER_CPU_WINDOW_LIMIT = 0.50
 #: steal time averaged over the run, in cores
 STEAL_LIMIT = 0.05
-#: (75th - 25th percentile) / median of a timed quantity's repeats
-SPREAD_LIMIT = 0.05
+#: (75th - 25th percentile) / median of a timed quantity's repeats: sub-millisecond calls on a quiet
+#: machine spread by 4-10 % (timer and cache noise; bench.thread_stability), a waking thread by 100 %
+#: and more
+SPREAD_LIMIT = 0.10
+#: the spread a headline figure (a geometric mean over many calls) may have: it summarises many
+#: repeats, so it must be much steadier than one row
+HEADLINE_SPREAD_LIMIT = 0.05
 #: seconds between two samples of the monitor
 WINDOW_S = 0.5
 
@@ -54,27 +59,60 @@ def _proc_stat() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / _CLK_TCK, steal / _CLK_TCK
 
 
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process, its live descendants and its waited-for children."""
-    try:
-        import psutil
-    except ImportError:  # without psutil: this process and its waited-for children only
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-    me = psutil.Process()
-    total = 0.0
-    try:
+class _OwnCpu:
+    """CPU seconds of this process and every descendant it has had, never decreasing.
+
+    A descendant's time is remembered from the last time it was seen alive: when it ends, its CPU
+    time leaves the live processes at once but reaches this process's waited-children counters only
+    when its parent (which may be a child of ours) reaps it; subtracting a live sum from the
+    machine's busy time would then count our own work as another process's. A descendant that
+    lives and dies between two samples is not seen: its time counts as other (bounded by the
+    sampling window)."""
+
+    def __init__(self):
+        self._seen: dict[tuple[int, float], float] = {}   # (pid, start time) -> CPU seconds
+        self._alive: set[tuple[int, float]] = set()
+        #: whether a descendant ended since the previous call: the window just measured misses up to
+        #: its last interval of CPU time, which would look like another process's
+        self.ended = False
+
+    def __call__(self) -> float:
+        try:
+            import psutil
+        except ImportError:  # this process and its waited-for children only
+            t = os.times()
+            return t.user + t.system + t.children_user + t.children_system
+        me = psutil.Process()
         t = me.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in me.children(recursive=True):
+        total = t.user + t.system
+        try:
+            children = me.children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        alive = set()
+        for child in children:
             try:
-                c = child.cpu_times()
-                total += c.user + c.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                with child.oneshot():
+                    c = child.cpu_times()
+                    key = (child.pid, child.create_time())
+                self._seen[key] = max(self._seen.get(key, 0.0), c.user + c.system)
+                alive.add(key)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-    except psutil.NoSuchProcess:
-        pass
-    return total
+        self.ended = bool(self._alive - alive)
+        self._alive = alive
+        return total + sum(self._seen.values())
+
+
+def _self_and_reaped_cpu() -> float:
+    """CPU seconds of this process and of the descendants it (and they, recursively) have reaped."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and its descendants as one snapshot (see `_OwnCpu`)."""
+    return _OwnCpu()()
 
 
 def _gpu_state() -> dict | None:
@@ -113,20 +151,27 @@ class _Sample:
     wall: float
     busy: float
     steal: float
-    own: float
+    own: float              # this process and every descendant seen (`_OwnCpu`)
+    reaped: float           # this process and the descendants reaped so far (exact once reaped)
+    ended: bool = False     # a descendant ended since the previous sample
 
 
-def _sample() -> _Sample | None:
+def _sample(own: _OwnCpu | None = None) -> _Sample | None:
     stat = _proc_stat()
     if stat is None:
         return None
-    return _Sample(time.monotonic(), stat[0], stat[1], _own_cpu_seconds())
+    own = own or _OwnCpu()
+    value = own()
+    return _Sample(time.monotonic(), stat[0], stat[1], value, _self_and_reaped_cpu(), own.ended)
 
 
 def _rates(a: _Sample, b: _Sample) -> tuple[float, float]:
-    """(other processes' CPU, steal) between two samples, in cores."""
+    """(other processes' CPU, steal) between two samples, in cores. Our CPU time is the larger of
+    two views that each miss something: every descendant as last seen alive (misses a process's
+    time after its last sample) and the reaped counters (miss what is still running)."""
     dt = max(b.wall - a.wall, 1e-6)
-    other = max((b.busy - a.busy) - (b.own - a.own), 0.0) / dt
+    ours = max(b.own - a.own, b.reaped - a.reaped)
+    other = max((b.busy - a.busy) - ours, 0.0) / dt
     return other, max(b.steal - a.steal, 0.0) / dt
 
 
@@ -146,7 +191,8 @@ class MachineMonitor:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "MachineMonitor":
-        self._first = self._last = _sample()
+        self._own = _OwnCpu()
+        self._first = self._last = _sample(self._own)
         self._load_start = os.getloadavg()
         self._gpu_start = _gpu_state() if self.gpu else None
         if self._first is not None:
@@ -156,24 +202,26 @@ class MachineMonitor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            now = _sample()
+            now = _sample(self._own)
             if now is not None and self._last is not None:
-                self.windows.append(_rates(self._last, now))
+                self.windows.append((*_rates(self._last, now), now.ended))
                 self._last = now
 
     def __exit__(self, *exc) -> bool:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        end = _sample()
+        end = _sample(self._own)
         record: dict = {"name": self.name, "load_average_start": list(self._load_start),
                         "load_average_end": list(os.getloadavg()), "cpu_count": os.cpu_count()}
         if self._first is not None and end is not None:
             other, steal = _rates(self._first, end)
+            # a window in which one of our processes ended misses its last moments: not judged alone
+            judged = [o for o, _, ended in self.windows if not ended]
             record.update(seconds=round(end.wall - self._first.wall, 3), other_cpu_cores=round(other, 4),
                           steal_cores=round(steal, 4),
-                          other_cpu_cores_max_window=round(max([w[0] for w in self.windows] or [other]), 4),
-                          windows=[[round(o, 3), round(s, 3)] for o, s in self.windows])
+                          other_cpu_cores_max_window=round(max(judged or [other]), 4),
+                          windows=[[round(o, 3), round(s, 3), int(e)] for o, s, e in self.windows])
         else:
             record["unavailable"] = "/proc/stat cannot be read: the machine's state is unknown"
         if self.gpu:
@@ -246,22 +294,62 @@ class Timings:
                 "repeats": len(self.samples), "times_s": self.samples}
 
 
+#: a repeat shorter than this is timed as several calls in a row (the timer's and the machine's
+#: noise on a 20 µs call is larger than the call)
+MIN_SAMPLE_S = 0.01
+
+
+def paired_ratios(numerator: Timings, denominator: Timings) -> Timings:
+    """The ratio of each interleaved repeat pair (a speedup per repeat). A drift of the machine
+    that slows both sides of a pair cancels here, so this spread, not each side's, says whether a
+    ratio holds."""
+    return Timings([a / b for a, b in zip(numerator.samples, denominator.samples)])
+
+
+def geomean_spread(rows: list[list[float]], weights: list[float], draws: int = 400, seed: int = 0) -> float:
+    """The spread (IQR / median) of a weighted geometric mean of per-row medians, by the bootstrap:
+    each draw resamples every row's per-repeat values and takes the geometric mean of the
+    resampled medians. How much the headline figure would move if the run were repeated."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    total = sum(weights)
+    means = []
+    for _ in range(draws):
+        log_sum = 0.0
+        for values, w in zip(rows, weights):
+            resampled = [values[rng.randrange(len(values))] for _ in values]
+            log_sum += w * math.log(statistics.median(resampled))
+        means.append(math.exp(log_sum / total))
+    q = statistics.quantiles(means, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(means)
+
+
 def interleaved(runs: dict, repeats: int, warmup: int = 1, sync=None) -> dict[str, Timings]:
     """Times every function of `runs` ({name: fn}) `repeats` times, interleaved (A B A B ...),
-    after `warmup` calls of each: a drift of the machine hits every side alike."""
+    after `warmup` calls of each: a drift of the machine hits every side alike. A function whose
+    call takes less than `MIN_SAMPLE_S` is called several times per repeat; the repeat records the
+    time per call."""
     sync = sync or (lambda: None)
-    for fn in runs.values():
+    inner = {}
+    for name, fn in runs.items():
         for _ in range(warmup):
             fn()
-    sync()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        inner[name] = max(1, int(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-9)))
     out = {name: Timings() for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             sync()
             t0 = time.perf_counter()
-            fn()
+            for _ in range(inner[name]):
+                fn()
             sync()
-            out[name].add(time.perf_counter() - t0)
+            out[name].add((time.perf_counter() - t0) / inner[name])
     return out
 
 
@@ -285,11 +373,13 @@ def judge(machine_records: list[dict], unstable: list[str]) -> dict:
             reasons.append(f"{record.get('name') or 'a job'}: {problem}")
     if unstable:
         shown = ", ".join(unstable[:5]) + (f" and {len(unstable) - 5} more" if len(unstable) > 5 else "")
-        reasons.append(f"spread above {SPREAD_LIMIT:.0%} (IQR / median) in {len(unstable)} timed "
-                       f"quantities: {shown}")
+        reasons.append(f"spread above the limit (IQR / median; {SPREAD_LIMIT:.0%} for a speedup's repeats, "
+                       f"{HEADLINE_SPREAD_LIMIT:.0%} for a geometric mean's bootstrap) in {len(unstable)} headline "
+                       f"figures: {shown}")
     return {"quiet": not reasons, "reasons": reasons,
             "limits": {"other_cpu_cores": OTHER_CPU_LIMIT, "other_cpu_cores_window": OTHER_CPU_WINDOW_LIMIT,
-                       "steal_cores": STEAL_LIMIT, "spread": SPREAD_LIMIT, "window_s": WINDOW_S}}
+                       "steal_cores": STEAL_LIMIT, "spread": SPREAD_LIMIT, "headline_spread": HEADLINE_SPREAD_LIMIT,
+                       "window_s": WINDOW_S}}
 
 
 def wait_for_quiet(max_wait_s: float, window_s: float = 3.0, say=print) -> dict:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.harness import write_atomic
+from bench.machine import HEADLINE_SPREAD_LIMIT, SPREAD_LIMIT
 
 MODES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 
@@ -78,8 +79,9 @@ def cpu_op_section(data: dict, plots: Path, one_thread: dict | None = None,
     out = [f"CPU, float32, batch 1, {data['environment']['threads']} threads; the network's "
            f"{data['summary']['calls']} calls (identical shapes timed once, weighted by their count in the "
            f"geometric means). Providers: {', '.join(providers)} (`compile` = torch.compile(reference)). "
-           "Medians of interleaved repeats (every provider in turn); ⚠ marks a row whose repeats spread by more "
-           "than 5 % (IQR / median) or any row of a run that was not quiet.", ""]
+           "Medians of interleaved repeats (every provider in turn); ⚠ marks a row whose speedups (the ratios of "
+           f"the interleaved pairs) spread by more than {SPREAD_LIMIT:.0%} (IQR / median), or any row of a run that "
+           "was not quiet.", ""]
     head = ["shape (C×D×H×W)", "calls", "x MB", "reference fwd ms"] + [f"{p} fwd ms (speedup)" for p in fused]
     head += ["reference fwd+bwd ms"] + [f"{p} fwd+bwd ms (speedup)" for p in fused]
     body = []
@@ -92,10 +94,16 @@ def cpu_op_section(data: dict, plots: Path, one_thread: dict | None = None,
         cells += [f"{t[p]['fwdbwd'] * 1e3:.1f} ({s[p]['fwdbwd']:.2f}x{m})" for p in fused]
         body.append(cells)
     out += table(head, body) + [""]
-    all_stable = run_quiet and all(r.get("stable", True) for r in rows)
+    spreads = data["summary"].get("geomean_speedup_spread", {})
     for p, g in data["summary"]["geomean_speedup"].items():
-        out.append(f"- geometric mean speedup of `{p}` over `reference`: forward **{g['fwd']:.2f}x**, "
-                   f"forward+backward **{g['fwdbwd']:.2f}x**{mark(all_stable)}")
+        sp = spreads.get(p, {})
+        cells = [f"{MODES[m]} **{g[m]:.2f}x**{mark(run_quiet and sp.get(m, 0) <= HEADLINE_SPREAD_LIMIT)}"
+                 + (f" (bootstrap spread {sp[m]:.1%})" if m in sp else "") for m in ("fwd", "fwdbwd")]
+        out.append(f"- geometric mean speedup of `{p}` over `reference`: {', '.join(cells)}")
+    unstable_rows = sum(not r.get("stable", True) for r in rows)
+    out.append(f"- rows whose speedups spread above {SPREAD_LIMIT:.0%} over the repeats (marked ⚠): "
+               f"{unstable_rows} of {len(rows)}; a geometric mean is marked when its bootstrap spread is above "
+               f"{HEADLINE_SPREAD_LIMIT:.0%}")
     if "largest_cpu_fwd_over_clone" in data["summary"]:
         out.append(f"- largest call ({shape_label(data['summary']['largest_shape'])}): fused forward = "
                    f"{data['summary']['largest_cpu_fwd_over_clone']:.2f}x the time of `x.clone()`")
@@ -130,9 +138,10 @@ def cpu_op_section(data: dict, plots: Path, one_thread: dict | None = None,
         out += table(["shape (C×D×H×W)", "calls", "reference fwd ms", "cpu fwd ms (speedup)",
                       "reference fwd+bwd ms", "cpu fwd+bwd ms (speedup)"], body) + [""]
         g = one_thread["summary"]["geomean_speedup"]["cpu"]
-        stable1 = run_quiet and all(r.get("stable", True) for r in one_thread["results"])
-        out.append(f"- one thread, geometric mean speedup of `cpu` over `reference`: forward **{g['fwd']:.2f}x**, "
-                   f"forward+backward **{g['fwdbwd']:.2f}x**{mark(stable1)}")
+        sp = one_thread["summary"].get("geomean_speedup_spread", {}).get("cpu", {})
+        cells = [f"{MODES[m]} **{g[m]:.2f}x**{mark(run_quiet and sp.get(m, 0) <= HEADLINE_SPREAD_LIMIT)}"
+                 + (f" (bootstrap spread {sp[m]:.1%})" if m in sp else "") for m in ("fwd", "fwdbwd")]
+        out.append(f"- one thread, geometric mean speedup of `cpu` over `reference`: {', '.join(cells)}")
     figs = [plot_cpu_speedup(data, plots / "op_speedup.png", run_quiet),
             plot_cpu_roofline(data, plots / "op_roofline.png")]
     return out, figs
@@ -160,7 +169,7 @@ def plot_cpu_speedup(data, path, run_quiet: bool = True):
     ax.set_ylabel("speedup over reference (log)")
     title = f"InceptionDWConv3d speedup per layer shape — {data['environment']['device']}"
     if not run_quiet or not all(r.get("stable", True) for r in rows):
-        title = "UNRELIABLE (hatched: spread > 5 % or a busy machine) — " + title
+        title = f"UNRELIABLE (hatched: spread > {SPREAD_LIMIT:.0%} or a busy machine) — " + title
     ax.set_title(title, fontsize=9, color="black" if "UNRELIABLE" not in title else "darkred")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
@@ -316,15 +325,21 @@ def network_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[li
            f"{s['repeats']} interleaved repeats after {s['warmup']} warm-up.", ""]
     body = []
     for case in data["cases"]:
-        stable_case = run_quiet and all(r.get("stable", True) for r in case["results"].values())
+        stable_case = run_quiet and _speedups_stable(case)
         for b, r in case["results"].items():
             share = (r.get("profile") or {}).get("idc_share")
             body.append([case["case"], case["dtype"], b, f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
-                         fmt(r.get("spread"), ".0%"), f"{r['speedup_vs_reference']:.2f}x{mark(stable_case)}",
-                         fmt(share, ".1%")])
-    out += table(["case", "dtype", "backend", "median s", "min s", "spread (IQR/median)", "speedup (median)",
-                  "InceptionDWConv3d share (profiler)"], body)
+                         fmt(r.get("spread"), ".0%"), fmt(r.get("speedup_spread") if b != "reference" else None, ".0%"),
+                         f"{r['speedup_vs_reference']:.2f}x{mark(stable_case)}", fmt(share, ".1%")])
+    out += table(["case", "dtype", "backend", "median s", "min s", "time spread", "speedup spread",
+                  "speedup (median)", "InceptionDWConv3d share (profiler)"], body)
+    out += ["", "Spreads are (75th - 25th percentile) / median over the repeats; the speedup spread is that of "
+            "the per-repeat ratios of the interleaved pairs, which decides whether a speedup is marked."]
     return out, [plot_network(data, plots / "network.png", run_quiet)]
+
+
+def _speedups_stable(case: dict) -> bool:
+    return all(r.get("stable", True) for b, r in case["results"].items() if b != "reference")
 
 
 def plot_network(data, path, run_quiet: bool = True):
@@ -334,7 +349,7 @@ def plot_network(data, path, run_quiet: bool = True):
     for ax, case in zip(axes[0], cases):
         names = list(case["results"])
         med = [case["results"][b]["median_s"] for b in names]
-        stable_case = run_quiet and all(r.get("stable", True) for r in case["results"].values())
+        stable_case = run_quiet and _speedups_stable(case)
         bars = ax.bar(names, med, color=["grey"] + ["tab:blue"] * (len(names) - 1))
         for i, b in enumerate(names):
             if not stable_case:
@@ -345,7 +360,7 @@ def plot_network(data, path, run_quiet: bool = True):
         ax.set_title(f"{case['case']} ({case['dtype']})", fontsize=9)
         ax.set_ylabel("median s")
     title = f"Network: reference vs fused — {data['environment']['device']}"
-    if not run_quiet or not all(r.get("stable", True) for c in cases for r in c["results"].values()):
+    if not run_quiet or not all(_speedups_stable(c) for c in cases):
         title = "UNRELIABLE (hatched) — " + title
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
@@ -430,8 +445,11 @@ def environment_lines(results: dict) -> list[str]:
         f"- CPU: {env['cpu']} ({env.get('cpu_count')} cores, {env.get('cpu_capability')}); torch threads "
         f"{env['threads']}",
         f"- commit {env['commit']}" + (" (uncommitted changes)" if env.get("dirty") else ""),
-        f"- allocator settings of this process: {alloc or 'glibc default'} (the CPU jobs run with "
-        "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set to keep freed memory; each job records its own)",
+        f"- allocator settings of this process: {alloc or 'glibc default'} (the CPU timing jobs run with "
+        "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set to keep freed memory, and with OMP_WAIT_POLICY=ACTIVE "
+        "OMP_PROC_BIND=close OMP_PLACES=cores: idle OpenMP threads spin on their own core instead of sleeping, "
+        "which keeps two-thread timings from waiting ~8 ms for a thread to wake (`python -m bench.thread_stability`); "
+        "each job records its own)",
         f"- date (UTC): {env['date_utc']}; command: `{env['command']}`",
     ]
 
@@ -443,9 +461,11 @@ def machine_lines(results: dict) -> list[str]:
     if not machine or not verdict:
         return ["- machine state: not recorded (a report from before the harness recorded it)"]
     limits = verdict["limits"]
+    headline = limits.get("headline_spread", limits["spread"])
     out = [f"- machine state (quiet = other processes under {limits['other_cpu_cores']:.0%} of a core on average "
            f"and under {limits['other_cpu_cores_window']:.0%} in every {limits['window_s']} s window, steal under "
-           f"{limits['steal_cores']:.0%}, every timed quantity's spread under {limits['spread']:.0%}): "
+           f"{limits['steal_cores']:.0%}, and the headline figures steady: each network speedup's per-repeat "
+           f"spread under {limits['spread']:.0%}, each geometric mean's bootstrap spread under {headline:.0%}): "
            + ("**quiet**" if verdict["quiet"] else "**not quiet**")]
     wait = machine.get("wait_for_quiet") or {}
     if wait.get("quiet") is not None:

@@ -161,8 +161,8 @@ def test_tables_show_the_stored_numbers(stored):
     net = md_table_after(md, "## Network")
     body = {(c[0], c[2]): c for c in net[1:]}
     assert body[("training step", "cpu")][3] == "5.711"
-    assert body[("training step", "cpu")][6] == f"{9.113 / 5.711:.2f}x"
-    assert body[("inference forward", "reference")][7] == "18.6%"
+    assert body[("training step", "cpu")][7] == f"{9.113 / 5.711:.2f}x"
+    assert body[("inference forward", "reference")][8] == "18.6%"
     cx = md_table_after(md, "## Complexity")
     assert cx[1][:3] == ["dual", "8,227,320", "184.48"]
     static = md_table_after(md, "## Static GPU report")
@@ -216,14 +216,22 @@ def test_a_disturbed_run_says_so_first_and_marks_every_figure(stored):
     assert op_rows and all(report.UNSTABLE_MARK.strip() in " ".join(r) for r in op_rows)
     assert f"forward+backward **11.90x**{report.UNSTABLE_MARK}" in md_busy
     net_rows = md_table_after(md_busy, "## Network")[1:]
-    assert all(r[6].endswith(report.UNSTABLE_MARK.strip()) for r in net_rows)
+    assert all(r[7].endswith(report.UNSTABLE_MARK.strip()) for r in net_rows)
 
 
 def test_one_unstable_row_is_marked_in_a_quiet_run(stored):
+    """A row whose speedups spread is marked; the geometric mean is marked by its own (bootstrap)
+    spread, not by one row's."""
     folder, results = stored
     changed = copy.deepcopy(results)
     changed["sections"]["op"]["data"]["results"][0]["stable"] = False
     md = report.build_markdown(changed, folder)[0]
     rows = md_table_after(md, "## Op benchmark")[1:]
     assert report.UNSTABLE_MARK.strip() in rows[0][0] and report.UNSTABLE_MARK.strip() not in rows[1][0]
-    assert f"forward+backward **11.90x**{report.UNSTABLE_MARK}" in md
+    assert f"forward+backward **11.90x**{report.UNSTABLE_MARK}" not in md
+    assert "(marked ⚠): 1 of 2" in md
+    changed["sections"]["op"]["data"]["summary"]["geomean_speedup_spread"] = {
+        "cpu": {"fwd": 0.01, "fwdbwd": 0.2}, "compile": {"fwd": 0.01, "fwdbwd": 0.01}}
+    md = report.build_markdown(changed, folder)[0]
+    assert f"forward+backward **11.90x**{report.UNSTABLE_MARK} (bootstrap spread 20.0%)" in md
+    assert "forward **3.11x** (bootstrap spread 1.0%)" in md
