@@ -463,7 +463,8 @@ def machine_lines(results: dict) -> list[str]:
     limits = verdict["limits"]
     headline = limits.get("headline_spread", limits["spread"])
     out = [f"- machine state (quiet = other processes under {limits['other_cpu_cores']:.0%} of a core on average "
-           f"and under {limits['other_cpu_cores_window']:.0%} in every {limits['window_s']} s window, steal under "
+           f"and above {limits['other_cpu_cores_window']:.0%} in at most {limits.get('max_bursts', 0)} windows of "
+           f"{limits['window_s']} s, steal under "
            f"{limits['steal_cores']:.0%}, and the headline figures steady: each network speedup's per-repeat "
            f"spread under {limits['spread']:.0%}, each geometric mean's bootstrap spread under {headline:.0%}): "
            + ("**quiet**" if verdict["quiet"] else "**not quiet**")]
@@ -475,7 +476,8 @@ def machine_lines(results: dict) -> list[str]:
     for name, rec in (machine.get("jobs") or {}).items():
         if "other_cpu_cores" in rec:
             body.append([name, f"{rec['seconds']:.0f}", f"{rec['other_cpu_cores']:.0%}",
-                         f"{rec['other_cpu_cores_max_window']:.0%}", f"{rec['steal_cores']:.0%}",
+                         f"{rec['other_cpu_cores_max_window']:.0%} ({rec.get('bursts', 0)} bursts)",
+                         f"{rec['steal_cores']:.0%}",
                          f"{rec['load_average_start'][0]:.2f} → {rec['load_average_end'][0]:.2f}"])
     if body:
         out += ["", *table(["job", "seconds", "other processes (cores, mean)", "max window", "steal",
