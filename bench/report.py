@@ -2,6 +2,7 @@
 
     python -m bench.report REPORT_DIR                 # regenerate REPORT_DIR/report.md and plots/
     python -m bench.report --results FILE --out DIR   # from a results.json elsewhere
+    python -m bench.report --readme-sample FILE       # README.md's sample from a quiet run's results.json
 
 Sections (each only when its results are present): the op benchmark (every measured backend
 against `reference` and torch.compile(reference)), the static GPU report (predicted bandwidth
@@ -539,6 +540,60 @@ def write_report(results: dict, out_dir: Path) -> Path:
     return path
 
 
+README_START, README_END = "<!-- bench-sample:start -->", "<!-- bench-sample:end -->"
+
+
+def readme_sample(results: dict, source: str) -> str:
+    """The README's sample of `make bench`, from a stored results.json of a quiet run: the op's
+    geometric means (two threads and one) and the network's speedups, with the run's commit, date,
+    command and machine state. Refuses a run that was not quiet."""
+    verdict = results.get("verdict") or {}
+    if not verdict.get("quiet"):
+        raise ValueError(f"{source} is not from a quiet run ({'; '.join(verdict.get('reasons', ['no verdict']))}); "
+                         f"the README shows only figures from quiet runs")
+    env = results["environment"]
+    op = results["sections"]["op"]
+    jobs = results["machine"]["jobs"]
+    other = max(rec["other_cpu_cores"] for name, rec in jobs.items() if "other_cpu_cores" in rec)
+    lines = [f"A sample, from `{env['command']}` on {env['device']} ({env.get('cpu_count')} cores, "
+             f"{env['threads']} threads) at commit {env['commit'][:7]}, {env['date_utc'][:16].replace('T', ' ')} UTC, "
+             f"a quiet run (other processes used at most {other:.0%} of a core in any job; stored as "
+             f"`{source}`):", ""]
+    rows = [["InceptionDWConv3d, the network's 28 calls, geometric mean", "fwd", "fwd+bwd"]]
+    for label, data in (("fused `cpu` vs reference, 2 threads", op["data"]),
+                        ("fused `cpu` vs reference, 1 thread", op.get("one_thread"))):
+        if data:
+            g = data["summary"]["geomean_speedup"]["cpu"]
+            rows.append([label, f"{g['fwd']:.2f}×", f"{g['fwdbwd']:.2f}×"])
+    g = op["data"]["summary"]["geomean_speedup"].get("compile")
+    if g:
+        rows.append(["torch.compile(reference) vs reference, 2 threads", f"{g['fwd']:.2f}×", f"{g['fwdbwd']:.2f}×"])
+    lines += table(rows[0], rows[1:]) + [""]
+    net = results["sections"]["network"]
+    body = []
+    for case in net["cases"]:
+        ref, fused = case["results"]["reference"], case["results"]["cpu"]
+        shares = [fmt((r.get("profile") or {}).get("idc_share"), ".1%") for r in (ref, fused)]
+        body.append([f"{case['case']}, {'×'.join(map(str, case['shape']))}", f"{ref['median_s']:.2f}",
+                     f"{fused['median_s']:.2f}", f"{fused['speedup_vs_reference']:.2f}× "
+                     f"(spread {fused['speedup_spread']:.0%})", " → ".join(shares)])
+    lines += table(["released network, CPU, fp32", "reference s", "fused `cpu` s", "speedup (median of 7)",
+                    "op's share of the time"], body)
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_sample(results_file: Path, readme: Path) -> None:
+    """Rewrites the README's sample (between its markers) from a stored results.json."""
+    results = json.loads(Path(results_file).read_text())
+    try:
+        source = str(Path(results_file).resolve().relative_to(Path(readme).resolve().parent))
+    except ValueError:
+        source = str(results_file)
+    text = Path(readme).read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    write_atomic(Path(readme), text[:start] + "\n" + readme_sample(results, source) + text[end:])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -546,7 +601,16 @@ def main(argv=None) -> int:
     p.add_argument("report_dir", nargs="?", type=Path, help="a folder holding results.json")
     p.add_argument("--results", type=Path, help="results.json (default REPORT_DIR/results.json)")
     p.add_argument("--out", type=Path, help="where report.md and plots/ go (default: the results' folder)")
+    p.add_argument("--readme-sample", type=Path, metavar="RESULTS_JSON",
+                   help="rewrite README.md's sample from this stored results.json of a quiet run, and nothing else")
     args = p.parse_args(argv)
+    if args.readme_sample:
+        try:
+            write_readme_sample(args.readme_sample, Path(__file__).resolve().parents[1] / "README.md")
+        except (OSError, ValueError) as err:
+            print(f"report: {err}", file=sys.stderr)
+            return 1
+        return 0
     if args.results is None and args.report_dir is None:
         p.error("give REPORT_DIR or --results FILE")
     src = args.results or args.report_dir / "results.json"

@@ -235,3 +235,19 @@ def test_one_unstable_row_is_marked_in_a_quiet_run(stored):
     md = report.build_markdown(changed, folder)[0]
     assert f"forward+backward **11.90x**{report.UNSTABLE_MARK} (bootstrap spread 20.0%)" in md
     assert "forward **3.11x** (bootstrap spread 1.0%)" in md
+
+
+def test_the_readme_sample_is_regenerated_from_a_stored_quiet_run():
+    """README.md's sample of make bench is exactly what the stored results.json it names gives, and
+    that run was quiet; a run that was not quiet is refused."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(report.README_START) + len(report.README_START)
+    sample = readme[start:readme.index(report.README_END)]
+    stored = re.search(r"stored as `(bench/results/[^`]+)`", sample).group(1)
+    results = json.loads((ROOT / stored).read_text())
+    assert results["verdict"]["quiet"] is True
+    assert sample == "\n" + report.readme_sample(results, stored)
+    busy = copy.deepcopy(results)
+    busy["verdict"] = {"quiet": False, "reasons": ["op: busy machine"]}
+    with pytest.raises(ValueError, match="not from a quiet run"):
+        report.readme_sample(busy, stored)
