@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-# Keep freed memory: page faults on fresh allocations otherwise dominate CPU timings.
+# Keep freed memory: page faults on fresh allocations otherwise dominate CPU timings. Idle OpenMP
+# threads spin on their own core (a sleeping one can take ~8 ms to wake on a small VM; see
+# bench/harness.py STABLE_THREADS, which bench/run.py sets for its own CPU timing jobs).
 RETAIN_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736
+STABLE_THREADS := OMP_WAIT_POLICY=ACTIVE OMP_PROC_BIND=close OMP_PLACES=cores
 BUILD_INPUTS := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
 
 .PHONY: all env build lint test test-fast test-interpreter bench bench-cpu bench-trend bench-compare clean distclean
@@ -58,15 +61,15 @@ bench: build
 	$(RETAIN_MALLOC) $(PY) -m bench.run --wait-quiet $(WAIT_QUIET) $(BENCH_ARGS)
 
 bench-cpu: build
-	$(RETAIN_MALLOC) $(PY) -m bench.bench_cpu_op
+	$(RETAIN_MALLOC) $(STABLE_THREADS) $(PY) -m bench.bench_cpu_op
 
 bench-trend: build
 	@mkdir -p reports
-	$(RETAIN_MALLOC) $(BENCH_SUITE) --benchmark-autosave
+	$(RETAIN_MALLOC) $(STABLE_THREADS) $(BENCH_SUITE) --benchmark-autosave
 
 bench-compare: build
 	@mkdir -p reports
-	$(RETAIN_MALLOC) $(PY) -m bench.compare --wait-quiet $(WAIT_QUIET) -- \
+	$(RETAIN_MALLOC) $(STABLE_THREADS) $(PY) -m bench.compare --wait-quiet $(WAIT_QUIET) -- \
 		--benchmark-storage=file://$(abspath $(BENCH_STORAGE)) --benchmark-compare$(if $(BASELINE),=$(BASELINE)) \
 		--benchmark-compare-fail=min:10%
 
