@@ -6,14 +6,35 @@ Public API:
     InceptionDWConv3d(in_channels, ...)           the drop-in module
     explain_backend(x) -> (backend, reason)       what backend="auto" picks, and why
     build_info() -> dict                          what the C++ extension was built with
+
+Importing the package imports nothing heavy: each name above loads its module (and torch) when
+first used, so the command line starts without torch and a process pays only for what it uses.
 """
+from __future__ import annotations
+
+import importlib
+
 from ._version import __version__
-from ._extension import ExtensionNotBuiltError, build_info, extension_available
-from .modules import InceptionDWConv3d
-from .ops.inception_dwconv3d import (BACKENDS, BackendUnavailableError, explain_backend,
-                                     inception_dwconv3d, inception_dwconv3d_reference)
+
+# public name -> the module that defines it
+_LAZY = {
+    "ExtensionNotBuiltError": "._extension", "build_info": "._extension", "extension_available": "._extension",
+    "InceptionDWConv3d": ".modules",
+    "BACKENDS": ".ops.inception_dwconv3d", "BackendUnavailableError": ".ops.inception_dwconv3d",
+    "explain_backend": ".ops.inception_dwconv3d", "inception_dwconv3d": ".ops.inception_dwconv3d",
+    "inception_dwconv3d_reference": ".ops.inception_dwconv3d",
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
-__all__ = ["__version__", "BACKENDS", "BackendUnavailableError", "ExtensionNotBuiltError", "InceptionDWConv3d",
-           "build_info", "explain_backend", "extension_available", "inception_dwconv3d",
-           "inception_dwconv3d_reference"]
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

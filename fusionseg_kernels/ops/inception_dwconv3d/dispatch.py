@@ -18,6 +18,7 @@ import torch
 
 from ..._extension import extension_status, has_cuda_kernels
 from ... import config
+from ..._imports import when_imported
 from ...errors import BackendUnavailableError
 
 log = logging.getLogger("fusionseg_kernels.dispatch")
@@ -197,9 +198,18 @@ def explain_backend(x: torch.Tensor) -> tuple[str, str]:
     return _choose(device_type, x.device.index, x.dtype, size_class(x))
 
 
-# Both run eagerly when torch.compile traces the caller, and their results become constants of
-# the graph: no file access, logging or cache writes inside traced code.
-@torch.compiler.assume_constant_result
+def _assume_constant_result_when_compiling(*fns) -> None:
+    """Marks `fns` with torch.compiler.assume_constant_result: under torch.compile they run eagerly
+    and their results become constants of the graph (no file access, logging or cache writes
+    inside traced code). The mark imports torch._dynamo, 1.2 s of start-up that an eager process
+    (``fusionseg predict``) never needs, so it is applied when torch._dynamo is imported, which
+    torch.compile does before it traces anything."""
+    def mark():
+        for fn in fns:
+            torch.compiler.assume_constant_result(fn)
+    when_imported("torch._dynamo", mark)
+
+
 def _auto_backend(device_type: str, device_index, dtype: torch.dtype, cls: str) -> str:
     key = (device_type, device_index, dtype, cls)
     if key not in _CHOICES:
@@ -208,12 +218,14 @@ def _auto_backend(device_type: str, device_index, dtype: torch.dtype, cls: str) 
     return _CHOICES[key][0]
 
 
-@torch.compiler.assume_constant_result
 def _explicit_backend(backend: str, device_type: str) -> str:
     ok, why = can_run(backend, device_type)
     if not ok:
         raise BackendUnavailableError(why)
     return backend
+
+
+_assume_constant_result_when_compiling(_auto_backend, _explicit_backend)
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
