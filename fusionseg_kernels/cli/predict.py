@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
-from .arguments import threads, tile_step
+from .arguments import non_negative_int, positive_int, threads, tile_step
 
 
 def register(subparsers) -> None:
@@ -37,6 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--replace-non-finite", type=float, metavar="HU",
                    help="segment images holding NaN or infinite voxels with those voxels set to HU "
                         "(default: such images are refused)")
+    p.add_argument("--num-parts", type=positive_int, default=1, metavar="N",
+                   help="split the cases into N parts (as nnUNetv2_predict does: every N-th case of the sorted "
+                        "list) and segment only one of them (default 1: all cases)")
+    p.add_argument("--part-id", type=non_negative_int, default=0, metavar="I",
+                   help="which part this process segments, 0 to N-1 (default 0); run N processes, one per "
+                        "GPU or node, with I = 0 ... N-1")
     p.set_defaults(run=run)
 
 
@@ -52,23 +59,40 @@ def run(args) -> int:
     config.set_default("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
     from fusionseg_kernels import imageio
-    from fusionseg_kernels.inference.predict import PredictOptions, Predictor, format_timings, timings_document
+    from fusionseg_kernels.errors import ParameterError
+    from fusionseg_kernels.inference.reading import start_reading
 
+    process = {"command_started": time.time()}
     sources = imageio.list_inputs(args.input)
     # every refusal before anything is read, loaded or created
     plan = imageio.plan_outputs(sources, args.output, args.input if args.input.is_dir() else None)
     imageio.check_output_folder(args.output)
+    if args.part_id >= args.num_parts:
+        raise ParameterError(f"--part-id {args.part_id} is not one of the {args.num_parts} parts: it counts from 0 "
+                             f"to {args.num_parts - 1}.")
+    # nnU-Net's split: the cases are sorted, part I takes cases I, I + N, I + 2N, ...
+    plan = plan[args.part_id::args.num_parts]
+    # the first case is read on a thread while torch imports and the model loads
+    first = start_reading(plan[0][0]) if plan else None
+
+    from fusionseg_kernels.inference.predict import PredictOptions, Predictor, format_timings, timings_document
+
+    process["torch_imported"] = time.time()
     options = PredictOptions(device=args.device, backend=args.backend, mode=args.mode, folds=args.folds,
                              tta=args.tta, step=args.step, quiet=args.quiet, precision=args.precision,
                              threads=args.threads, replace_non_finite=args.replace_non_finite)
     predictor = Predictor(args.model, options)
-    results = predictor.predict_plan(plan, report=lambda line: print(f"fusionseg predict: {line}", file=sys.stderr))
+    process["model_loaded"] = time.time()
+    results = predictor.predict_plan(plan, report=lambda line: print(f"fusionseg predict: {line}", file=sys.stderr),
+                                     first=first)
+    process["cases_done"] = time.time()
     if args.timings is not None:
-        atomic.write_json(args.timings, timings_document(results, predictor, allocator))
+        atomic.write_json(args.timings, timings_document(results, predictor, allocator, process))
     if not args.quiet:
         print(format_timings(results))
     failed = [r for r in results if r.status != "ok"]
     done = len(results) - len(failed)
+    sources = [src for src, _ in plan]
     if any(r.status == "interrupted" for r in results):
         print(f"fusionseg predict: interrupted after {done} of {len(sources)} case(s)", file=sys.stderr)
         return 130

@@ -5,14 +5,35 @@
     load_model_folder(folder, folds)                                      plans, dataset, folds, network
     create_model_folder(folder, network, plans=released_plans(...))       write an nnU-Net model folder
     keep_freed_memory()                                                   glibc: reuse freed memory
+    start_reading(path)                                                   read a case on a thread (no torch)
 
-See docs/inference.md.
+Names load their modules when first used, so `reading` (image files only) runs while torch is
+still being imported. See docs/inference.md.
 """
-from .malloc import keep_freed_memory
-from .model_folder import (RELEASED_TRAINER, ModelBundle, create_model_folder, load_model_folder,
-                           released_dataset_json, released_plans)
-from .predict import CaseResult, PredictOptions, Predictor, STAGES, format_timings, predict, timings_document
+from __future__ import annotations
 
-__all__ = ["CaseResult", "ModelBundle", "PredictOptions", "Predictor", "RELEASED_TRAINER", "STAGES",
-           "create_model_folder", "format_timings", "keep_freed_memory", "load_model_folder", "predict",
-           "released_dataset_json", "released_plans", "timings_document"]
+import importlib
+
+# public name -> the module that defines it
+_LAZY = {
+    "keep_freed_memory": ".malloc",
+    **{name: ".model_folder" for name in ("RELEASED_TRAINER", "ModelBundle", "create_model_folder",
+                                          "load_model_folder", "released_dataset_json", "released_plans")},
+    **{name: ".predict" for name in ("CaseResult", "PredictOptions", "Predictor", "STAGES", "format_timings",
+                                     "predict", "timings_document")},
+    "start_reading": ".reading",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -28,7 +29,9 @@ from fusionseg_kernels.parameters import check_step, check_threads
 
 from fusionseg_kernels import imageio as io
 
+from .export import export_mask
 from .memory import check_fits_in_memory
+from .reading import LoadedCase, ReadAhead, load_case, run_in_thread
 from .model_folder import ModelBundle, load_model_folder
 from .preprocessing import exact_preprocess, fast_preprocess, new_shape, normalization_of, require_nnunetv2
 from .sliding_window import (is_oom, predict_labels_fast, predict_logits_exact, tile_slices, pad_amounts,
@@ -48,7 +51,7 @@ class PredictOptions:
     step: float = 0.5                  # tile step as a fraction of the patch
     quiet: bool = False                # no progress bars
     precision: str = "fp16"            # fast mode on a GPU: autocast dtype ("fp16", "bf16", "fp32")
-    compression_level: int | None = None  # gzip level of .nii.gz masks; None: 1 (fast), library default (exact)
+    compression_level: int | None = None  # ISA-L gzip level (0-3) of .nii.gz masks; None: 1
     threads: int | None = None         # torch CPU threads (None: leave torch's setting)
     replace_non_finite: float | None = None  # HU for NaN/inf voxels; None: refuse such images
 
@@ -66,9 +69,12 @@ class CaseResult:
     tiles: int | None = None
     results_device: str | None = None
     timings: dict = field(default_factory=dict)
+    started: float = field(default=0.0, repr=False)   # perf_counter() when its segmentation began
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["started"]
+        return d
 
 
 def _sync(device: torch.device) -> None:
@@ -118,12 +124,22 @@ class Predictor:
         if o.threads is not None:
             torch.set_num_threads(check_threads(o.threads))
         self.device = resolve_device(o.device)
+        #: seconds spent before any case: creating the CUDA context, reading the model folder
+        self.setup_timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.empty(1, device=self.device)   # the context, created now rather than inside a case
+            torch.cuda.synchronize(self.device)
+        self.setup_timings["device_init"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.bundle = (model_folder if isinstance(model_folder, ModelBundle)
                        else load_model_folder(model_folder, o.folds, backend=o.backend))
         b = self.bundle
         if hasattr(b.network, "set_backend"):
             b.network.set_backend(o.backend)
         b.network.to(self.device).eval()
+        _sync(self.device)
+        self.setup_timings["model_load"] = time.perf_counter() - t0
         self.mirror_axes = (b.mirroring_axes if b.mirroring_axes is not None else (0, 1, 2)) if o.tta else None
         if o.mode == "fast":
             self.norm_scheme, self.norm_params = normalization_of(b.plans, b.configuration)
@@ -186,44 +202,64 @@ class Predictor:
         return n * per + n_res * res + (1 << 30)
 
     # ------------------------------------------------------------------------------------------
+    def _check_header(self, header: io.ImageHeader) -> None:
+        """The checks made from a header before any voxel is read."""
+        self.check_geometry(header)
+        check_fits_in_memory(header, self.memory_needed(header))
+
+    def read_case(self, src: str | Path) -> LoadedCase:
+        return load_case(Path(src), self._check_header)
+
     def predict_file(self, src: str | Path, dst: str | Path,
                      on_tile: Callable[[], None] | None = None) -> CaseResult:
         """Segments one image file into ``dst`` (written atomically). Raises on failure."""
+        result, mask, header = self.segment(src, dst, None, on_tile)
+        self.write(result, mask, header)
+        return result
+
+    def segment(self, src: str | Path, dst: str | Path, reading: Future | None = None,
+                on_tile: Callable[[], None] | None = None) -> tuple[CaseResult, np.ndarray, io.ImageHeader]:
+        """(the case's result so far, its mask, its header) for one image: its voxels from
+        `reading` (a `LoadedCase` future, read ahead on another thread) or read now."""
         src, dst = Path(src), Path(dst)
         result = CaseResult(case=io.case_name(src), input=str(src), output=str(dst))
+        result.started = time.perf_counter()
         clock = _Clock(self.device, result.timings)
-        t_start = time.perf_counter()
-        with clock("read"):
-            header = io.read_header(src)
-            self.check_geometry(header)
-            check_fits_in_memory(header, self.memory_needed(header))
-            io.check_complete(header)
-            image, voxels = io.read_image(header)
-            voxels = self._finite(voxels, header)
-            geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        with clock("waited_for_read"):
+            if reading is None:
+                loaded = self.read_case(src)
+            else:
+                loaded = reading.result()
+                self._check_header(loaded.header)   # read before the model was known: its checks now
+            header = loaded.header
+            result.timings["read"] = loaded.seconds
+            voxels = self._finite(loaded.voxels, header)
+            del loaded
         result.shape_zyx = list(header.shape_zyx)
         result.spacing_zyx = header.spacing_zyx_as_written
         try:
+            # the voxels are let go of once preprocessed: the dict that holds the only reference to
+            # them is emptied there
+            full_resolution = {"voxels": voxels}
+            del voxels
             if self.options.mode == "exact":
-                mask = self._exact(image, voxels, header, result, clock, on_tile)
+                mask = self._exact(full_resolution, header, result, clock, on_tile)
             else:
-                # fast mode lets go of the voxels once they are preprocessed: the dict that
-                # holds the only references to them is emptied there
-                full_resolution = {"voxels": voxels, "image": image}
-                del image, voxels
                 mask = self._fast(full_resolution, header, result, clock, on_tile)
             if tuple(mask.shape) != tuple(header.shape_zyx):
                 raise RuntimeError(f"mask shape {mask.shape} differs from the image's {header.shape_zyx}")
-            with clock("write"):
-                level = self.options.compression_level
-                if level is None:
-                    level = 1 if self.options.mode == "fast" else -1
-                io.write_mask(mask, None, dst, geometry=geometry, compression_level=level)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        result.timings["total"] = time.perf_counter() - t_start
-        return result
+        return result, mask, header
+
+    def write(self, result: CaseResult, mask: np.ndarray, header: io.ImageHeader) -> None:
+        """Writes a case's mask (atomically) and completes its timings."""
+        t0 = time.perf_counter()
+        io.write_mask(mask, None, Path(result.output), geometry=header.geometry,
+                      compression_level=self.options.compression_level)
+        result.timings["write"] = time.perf_counter() - t0
+        result.timings["total"] = time.perf_counter() - result.started
 
     def _progress(self, total: int, desc: str, on_tile):
         from tqdm import tqdm
@@ -238,15 +274,14 @@ class Predictor:
         return bar, tick
 
     # ------------------------------------------------------------------------------------------
-    def _exact(self, image, voxels, header, result, clock, on_tile) -> np.ndarray:
+    def _exact(self, full_resolution, header, result, clock, on_tile) -> np.ndarray:
         from nnunetv2.configuration import default_num_processes
-        from nnunetv2.inference.export_prediction import \
-            convert_predicted_logits_to_segmentation_with_correct_shape
 
         b, o = self.bundle, self.options
-        geometry = {"spacing": image.GetSpacing(), "origin": image.GetOrigin(), "direction": image.GetDirection()}
+        spacing, origin, direction = header.geometry
+        geometry = {"spacing": spacing, "origin": origin, "direction": direction}
         with clock("preprocess"):
-            data, props, pm, cm = exact_preprocess(voxels, header.spacing_zyx, geometry, b.plans,
+            data, props, pm, cm = exact_preprocess(full_resolution, header.spacing_zyx, geometry, b.plans,
                                                    b.dataset_json, b.configuration_name)
             data = torch.from_numpy(data)
         result.network_shape = list(data.shape[1:])
@@ -274,9 +309,8 @@ class Predictor:
             bar.close()
         del data
         with clock("postprocess"):
-            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
-                prediction, pm, cm, pm.get_label_manager(b.dataset_json), props)
-        return np.asarray(seg)
+            # nnU-Net's export, slab by slab (the same mask in a fraction of the memory)
+            return export_mask(prediction, pm, cm, pm.get_label_manager(b.dataset_json), props)
 
     def _exact_one(self, data, tick, bar, result) -> torch.Tensor:
         b, o = self.bundle, self.options
@@ -338,10 +372,8 @@ class Predictor:
             bar.close()
         del volume
         with clock("postprocess"):
-            shape_t = [header.shape_zyx[i] for i in tf]
-            mask_t = upsample_labels(labels, shape_t)
+            mask = upsample_labels(labels, header.shape_zyx, tb)
             del labels
-            mask = mask_t.transpose(tb)
         return mask
 
     # ------------------------------------------------------------------------------------------
@@ -356,31 +388,64 @@ class Predictor:
         return self.predict_plan(plan, report, on_tile)
 
     def predict_plan(self, plan: Sequence[tuple[Path, Path]], report: Callable[[str], None] | None = None,
-                     on_tile: Callable[[], None] | None = None) -> list[CaseResult]:
+                     on_tile: Callable[[], None] | None = None, first: Future | None = None) -> list[CaseResult]:
         """Segments each (input, mask file) pair of `imageio.plan_outputs`; a failing case is
         reported (one line) and skipped, an interruption stops the run after the current case's
-        partial output is removed."""
+        partial output is removed.
+
+        Cases overlap in one process: the next case is read (`ReadAhead`) and the previous mask
+        written, each on a thread, while the current case is segmented — at most one case ahead
+        and one mask behind. `first` is case 0 already being read (`reading.start_reading`)."""
         report = report or (lambda line: print(line, file=sys.stderr))
-        results = []
+        results: list[CaseResult] = []
         sources = [src for src, _ in plan]
-        for i, (src, dst) in enumerate(plan):
-            try:
-                results.append(self.predict_file(src, dst, on_tile))
-            except KeyboardInterrupt:
-                results.append(CaseResult(io.case_name(src), str(src), str(dst), "interrupted",
-                                          "interrupted; no mask written"))
-                report(f"{src}: interrupted; no mask written for case {io.case_name(src)}"
-                       + (f", {len(sources) - i - 1} case(s) not started" if i + 1 < len(sources) else ""))
-                break
-            except FusionsegError as err:
-                results.append(CaseResult(io.case_name(src), str(src), str(dst), "failed", str(err)))
-                report(f"case {io.case_name(src)}: {err}")
-            except Exception as err:  # a failure inside one case must not stop the others
-                msg = " ".join(str(err).split())[:300]
-                results.append(CaseResult(io.case_name(src), str(src), str(dst), "failed",
-                                          f"{type(err).__name__}: {msg}"))
-                report(f"case {io.case_name(src)}: {src} failed ({type(err).__name__}: {msg})")
+        reads = ReadAhead(sources, self._check_header, self.memory_needed, first)
+        writing: tuple[CaseResult, Future] | None = None
+        try:
+            for i, (src, dst) in enumerate(plan):
+                try:
+                    result, mask, header = self.segment(src, dst, reads.take(i), on_tile)
+                    reads.done(i)
+                    self._finish_write(writing, report)   # one mask waits to be written at a time
+                    writing = (result, run_in_thread(lambda r=result, m=mask, h=header: self.write(r, m, h),
+                                                     f"write {result.case}", daemon=False))
+                    results.append(result)
+                    del mask
+                except KeyboardInterrupt:
+                    results.append(CaseResult(io.case_name(src), str(src), str(dst), "interrupted",
+                                              "interrupted; no mask written"))
+                    report(f"{src}: interrupted; no mask written for case {io.case_name(src)}"
+                           + (f", {len(sources) - i - 1} case(s) not started" if i + 1 < len(sources) else ""))
+                    break
+                except Exception as err:  # a failure inside one case must not stop the others
+                    results.append(self._failed(src, dst, err, report))
+                finally:
+                    reads.done(i)
+        finally:
+            reads.cancel()
+            self._finish_write(writing, report)
         return results
+
+    @staticmethod
+    def _failed(src: Path, dst: Path, err: Exception, report: Callable[[str], None]) -> CaseResult:
+        case = io.case_name(src)
+        if isinstance(err, FusionsegError):
+            report(f"case {case}: {err}")
+            return CaseResult(case, str(src), str(dst), "failed", str(err))
+        msg = " ".join(str(err).split())[:300]
+        report(f"case {case}: {src} failed ({type(err).__name__}: {msg})")
+        return CaseResult(case, str(src), str(dst), "failed", f"{type(err).__name__}: {msg}")
+
+    def _finish_write(self, writing: tuple[CaseResult, Future] | None, report: Callable[[str], None]) -> None:
+        """Waits for a mask being written; a failed write fails its case."""
+        if writing is None:
+            return
+        result, future = writing
+        try:
+            future.result()
+        except Exception as err:
+            failed = self._failed(Path(result.input), Path(result.output), err, report)
+            result.status, result.error = failed.status, failed.error
 
 
 def format_timings(results: Sequence[CaseResult]) -> str:
@@ -393,7 +458,10 @@ def format_timings(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def timings_document(results: Sequence[CaseResult], predictor: Predictor, allocator: str) -> dict:
+def timings_document(results: Sequence[CaseResult], predictor: Predictor, allocator: str,
+                     process: dict | None = None) -> dict:
+    """The ``--timings`` JSON: settings, the stages, every case's result; `process` holds the
+    command's milestones (wall-clock ``time.time()`` stamps) and set-up times."""
     o = predictor.options
     b = predictor.bundle
     return {
@@ -406,6 +474,7 @@ def timings_document(results: Sequence[CaseResult], predictor: Predictor, alloca
                      "torch_threads": torch.get_num_threads(), "allocator": allocator,
                      "torch": torch.__version__},
         "stages": list(STAGES),
+        "process": {**(process or {}), **{f"{k}_s": v for k, v in predictor.setup_timings.items()}},
         "cases": [r.as_dict() for r in results],
     }
 

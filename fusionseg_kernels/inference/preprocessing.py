@@ -39,10 +39,13 @@ def new_shape(shape: Sequence[int], spacing: Sequence[float], target_spacing: Se
 
 # ---------------------------------------------------------------------------------------------
 # exact mode
-def exact_preprocess(image_zyx: np.ndarray, spacing_zyx: Sequence[float], sitk_geometry: dict,
+def exact_preprocess(full_resolution: dict, spacing_zyx: Sequence[float], sitk_geometry: dict,
                      plans: dict, dataset_json: dict, configuration_name: str):
     """(preprocessed float32 array (1, d, h, w), nnU-Net's properties dict, plans manager,
-    configuration manager) exactly as nnU-Net's predictor computes them from the same voxels."""
+    configuration manager) exactly as nnU-Net's predictor computes them from the same voxels.
+
+    ``full_resolution["voxels"]`` holds the (z, y, x) voxels; the dict is emptied once they are
+    copied to float32, so that the caller's reference does not keep them alive meanwhile."""
     require_nnunetv2()
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -50,7 +53,8 @@ def exact_preprocess(image_zyx: np.ndarray, spacing_zyx: Sequence[float], sitk_g
     cm = pm.get_configuration(configuration_name)
     preprocessor = cm.preprocessor_class(verbose=False)
     # what nnU-Net's SimpleITKIO.read_images returns for one 3-D file
-    data = np.asarray(image_zyx)[None].astype(np.float32, casting="unsafe")
+    data = np.asarray(full_resolution.pop("voxels"))[None].astype(np.float32, casting="unsafe")
+    full_resolution.clear()
     properties = {"sitk_stuff": dict(sitk_geometry), "spacing": [abs(float(s)) for s in spacing_zyx]}
     data, _, properties = preprocessor.run_case_npy(data, None, properties, pm, cm, dataset_json)
     return data, properties, pm, cm

@@ -207,21 +207,19 @@ def nearest_indices(n_in: int, n_out: int, device=None) -> torch.Tensor:
     return idx.clamp_(0, n_in - 1).to(device)
 
 
-def upsample_labels(labels: torch.Tensor, out_shape: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-    """Nearest-neighbour resize of a (d, h, w) label map to ``out_shape``, written slab by slab into a
-    uint8 numpy array (the full-resolution map is never on the device as a whole). Source indices
-    are torch's "nearest-exact" (pixel centres aligned): slices are picked by `nearest_indices`,
-    each slab is resized in-plane by ``F.interpolate``."""
-    d, h, w = labels.shape
+def upsample_labels(labels: torch.Tensor, out_shape: Sequence[int],
+                    transpose_backward: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+    """Nearest-neighbour resize of a (d, h, w) label map in network axis order to `out_shape`
+    (the image's axis order), with the network's axis transpose folded in: a C-contiguous uint8
+    array, ready to be written. Source indices are torch's "nearest-exact" (`nearest_indices`,
+    pixel centres aligned); the map is gathered on the CPU (it is small at network resolution)
+    as whole-volume copies — rows of (z, y) pairs, then the columns."""
+    small = labels.to("cpu", torch.uint8).numpy().transpose(tuple(transpose_backward))
+    d, h, w = small.shape
     od, oh, ow = (int(s) for s in out_shape)
-    iz = nearest_indices(d, od, labels.device)
-    if out is None:
-        out = np.empty((od, oh, ow), dtype=np.uint8)
-    rows = max(1, (1 << 25) // max(oh * ow, 1))
-    for z0 in range(0, od, rows):
-        slab = labels.index_select(0, iz[z0:z0 + rows])
-        if (oh, ow) != (h, w):
-            slab = F.interpolate(slab[None], size=(oh, ow), mode="nearest-exact")[0]
-        out[z0:z0 + slab.shape[0]] = slab.cpu().numpy()
-        del slab
-    return out
+    iz, iy, ix = (nearest_indices(n, o).numpy() for n, o in ((d, od), (h, oh), (w, ow)))
+    rows = np.ascontiguousarray(small).reshape(d * h, w)
+    picked = rows[(iz[:, None] * h + iy[None, :]).ravel()]          # (od * oh, w): whole rows
+    if ow == w and np.array_equal(ix, np.arange(w)):
+        return picked.reshape(od, oh, ow)
+    return np.take(picked, ix, axis=1).reshape(od, oh, ow)

@@ -64,7 +64,7 @@ def test_preprocessing_identical(model, cases):
             [str(f)], None, pm, cm, bundle.dataset_json)
         img = sitk.ReadImage(str(f))
         geometry = {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()}
-        ours, props, _, _ = exact_preprocess(sitk.GetArrayViewFromImage(img), img.GetSpacing()[::-1],
+        ours, props, _, _ = exact_preprocess({"voxels": sitk.GetArrayViewFromImage(img)}, img.GetSpacing()[::-1],
                                              geometry, bundle.plans, bundle.dataset_json,
                                              bundle.configuration_name)
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape

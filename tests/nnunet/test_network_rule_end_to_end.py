@@ -41,7 +41,7 @@ REFUSED = ("nnUNetTrainerFusionsegPlain", "dual")   # a trainer with plans for a
 # Runs in a fresh interpreter with nnU-Net's folders set: trains each job, predicts with each model
 # folder, and writes what happened as JSON.
 DRIVER = textwrap.dedent("""
-    import json, sys, traceback
+    import json, os, sys
     import torch
     from nnunetv2.run.run_training import run_training
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -64,7 +64,9 @@ DRIVER = textwrap.dedent("""
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     device=torch.device("cpu"), verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(job["model"], use_folds=(0,))
-        # the function behind nnUNetv2_predict, without its worker processes
+        # the function behind nnUNetv2_predict, without its worker processes (which, unlike the
+        # command, does not create its output folder)
+        os.makedirs(f"{out}/{name}", exist_ok=True)
         predictor.predict_from_files_sequential(images, f"{out}/{name}", save_probabilities=False, overwrite=True)
         report[name] = {"trained": True, "network": type(predictor.network).__name__}
     print("REPORT " + json.dumps(report))
