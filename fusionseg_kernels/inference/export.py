@@ -99,7 +99,7 @@ def _argmax(resampled_fp16: np.ndarray) -> np.ndarray:
     return resampled_fp16.argmax(0).astype(np.uint8)
 
 
-def _order0_sources(n_in: int, n_out: int) -> np.ndarray:
+def order0_sources(n_in: int, n_out: int) -> np.ndarray:
     """The input index scipy's order-0, mode 'nearest' ``map_coordinates`` reads for each output
     index at nnU-Net's coordinate ``n_in / n_out * (i + 0.5) - 0.5`` (asked of scipy itself)."""
     from scipy.ndimage import map_coordinates
@@ -111,27 +111,31 @@ def _order0_sources(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _separate_z(values: np.ndarray, target: tuple, axis: int, out: np.ndarray) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from skimage.transform import resize
 
     n_in = values.shape[1 + axis]
     inplane_shape = tuple(s for i, s in enumerate(target) if i != axis)
-    sources = _order0_sources(n_in, target[axis]) if n_in != target[axis] else np.arange(n_in)
-    moved_out = np.moveaxis(out, axis, 0)                    # a view: slabs of output slices
+    sources = order0_sources(n_in, target[axis]) if n_in != target[axis] else np.arange(n_in)
+    moved_out = np.moveaxis(out, axis, 0)                    # a view: output slices along the axis
     moved_in = np.moveaxis(values, 1 + axis, 1)
-    cached_index, cached = -1, None
-    for sl in _slabs(moved_out.shape, 0):
-        first, stop = sl[0].start, sl[0].stop
-        resampled = np.empty((values.shape[0], stop - first, *inplane_shape), dtype=np.float16)
-        for k in range(first, stop):
-            source = int(sources[k])
-            if source != cached_index:
-                # what nnU-Net computes for this input slice, channel by channel, in float64
-                cached = [resize(moved_in[c, source].astype(np.float64), inplane_shape, 1, mode="edge",
-                                 anti_aliasing=False) for c in range(values.shape[0])]
-                cached_index = source
-            for c in range(values.shape[0]):
-                resampled[c, k - first] = cached[c]
-        moved_out[first:stop] = _argmax(resampled)
+
+    def resized(source: int) -> np.ndarray:
+        """What nnU-Net computes for one input slice, channel by channel, in float64, as float16."""
+        return np.stack([resize(moved_in[c, source].astype(np.float64), inplane_shape, 1, mode="edge",
+                                anti_aliasing=False) for c in range(values.shape[0])]).astype(np.float16)
+
+    unique = np.unique(sources)
+    per_chunk = max(1, SLAB_VOXELS // max(1, int(np.prod(inplane_shape))))
+    # the input slices a chunk of output slices needs, in parallel (scipy releases the GIL)
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        for start in range(0, unique.size, per_chunk):
+            chunk = unique[start:start + per_chunk]
+            planes = dict(zip(chunk.tolist(), pool.map(resized, chunk.tolist())))
+            wanted = np.flatnonzero((sources >= chunk[0]) & (sources <= chunk[-1]))   # consecutive: sources rise
+            stack = np.stack([planes[int(sources[k])] for k in wanted], axis=1)
+            moved_out[wanted[0]:wanted[-1] + 1] = _argmax(stack)
 
 
 def _zoom_coordinates(n_in: int, n_out: int) -> np.ndarray:

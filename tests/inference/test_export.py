@@ -93,7 +93,7 @@ def test_another_resampling_goes_through_nnunets_function(monkeypatch):
     assert not called and np.array_equal(ours, theirs)
 
 
-def test_order0_sources_are_scipys_choice():
+def testorder0_sources_are_scipys_choice():
     from scipy.ndimage import map_coordinates
 
     for n_in, n_out in [(7, 23), (23, 7), (185, 554), (277, 554), (554, 277), (333, 554)]:
@@ -101,4 +101,4 @@ def test_order0_sources_are_scipys_choice():
         coords = np.array(np.mgrid[:n_out, :1, :1], dtype=np.float64)
         coords[0] = float(n_in) / n_out * (coords[0] + 0.5) - 0.5
         expected = map_coordinates(vol, coords, order=0, mode="nearest")[:, 0, 0].astype(np.int64)
-        assert np.array_equal(export._order0_sources(n_in, n_out), expected)
+        assert np.array_equal(export.order0_sources(n_in, n_out), expected)
