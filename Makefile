@@ -39,6 +39,7 @@ test: build
 
 lint: env
 	$(PY) -m ruff check .
+	$(VENV)/bin/hadolint container/Dockerfile
 
 test-fast: build
 	$(PY) -m pytest tests --ignore=tests/interpreter -q -x -m "not slow"

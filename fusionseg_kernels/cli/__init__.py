@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from fusionseg_kernels._version import __version__
@@ -57,3 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fusionseg {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def run_and_exit() -> None:
+    """The ``fusionseg`` console command: `main`, then the process ends at once.
+
+    Every file a command writes is complete and renamed into place before `main` returns; what
+    Python would still do is tear down torch and hand gigabytes back to the system, about 0.7 s
+    that FLARE counts in every case's time. So the output streams are flushed and the process
+    leaves with ``os._exit``. (`main` itself returns normally, for tests and ``python -m``.)"""
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -1,5 +1,3 @@
-import sys
+from . import run_and_exit
 
-from . import main
-
-sys.exit(main())
+run_and_exit()

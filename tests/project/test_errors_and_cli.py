@@ -48,3 +48,20 @@ def test_a_project_error_is_one_line_and_exit_1_in_every_command(argv, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"fusionseg {argv[0]}: error: ")
+
+
+def test_the_console_command_flushes_and_keeps_the_exit_status(tmp_path):
+    """`fusionseg` leaves with os._exit after `main` (no interpreter teardown): its output is
+    complete, a pipe sees all of it, and the status is main's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("fusionseg"))
+    ok = subprocess.run([exe, "complexity", "--networks", "dual"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and ok.stdout.rstrip().splitlines()[-1].strip(), ok.stderr
+    bad = subprocess.run([exe, "predict", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "-m",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.startswith("fusionseg predict: error: ") and bad.stdout == ""
+    usage = subprocess.run([exe, "predict"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
