@@ -433,6 +433,68 @@ def plot_flare(data, path):
     return save_figure(fig, path)
 
 
+# ----------------------------------------------------------------------------- host path
+
+HOST_STAGES = ("startup", "imports", "setup", "read", "preprocess", "postprocess", "write", "gap")
+
+
+def host_path_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[list[str], list[Path]]:
+    s = data["settings"]
+    out = [f"`fusionseg predict` as FLARE runs it — one process per case — on synthetic 512×512×Z cases at "
+           f"{'×'.join(f'{v:g}' for v in s['spacing_zyx'])} mm, a random-weight model folder of the released layout "
+           f"with a tiny network (features {'-'.join(map(str, s['network_features']))}, patch "
+           f"{'×'.join(map(str, s['patch']))}, step {s['step']}), {s['threads']} threads, {s['repeats']} interleaved "
+           f"runs per mode ({s.get('anchor_repeats', 1)} of `nnUNetv2_predict_from_modelfolder`). Host = wall − the "
+           f"network stage; for nnU-Net, wall − exact mode's network time (the same tiles). Stage medians in seconds; "
+           f"read is what the case waited for its voxels (they are read while torch imports).", ""]
+    body = []
+    for case in data["cases"]:
+        for side, r in case["sides"].items():
+            stages = r.get("stages_median_s") or {}
+            host = r.get("host") or {}
+            stable = run_quiet and (side == "nnunet" or host.get("stable", False))
+            speed = r.get("host_speedup_vs_nnunet")
+            body.append([f"512×512×{case['slices']}", side, *[fmt(stages.get(k)) for k in HOST_STAGES],
+                         fmt(stages.get("network")), f"{fmt(host.get('median_s'))}{mark(stable)}",
+                         fmt(host.get("spread"), ".0%"), fmt(r["wall"]["median_s"]), f"{r['peak_rss_mb']:.0f}",
+                         "-" if speed is None else f"{speed:.1f}x{mark(stable)}"])
+    out += table(["case", "side", *HOST_STAGES, "network", "host s", "host spread", "wall s", "peak RSS MB",
+                  "host vs nnU-Net"], body)
+    return out, [plot_host_path(data, plots / "host_path.png", run_quiet)]
+
+
+def plot_host_path(data, path, run_quiet: bool = True):
+    """Stacked bars: each mode's stages per case (network hatched), nnU-Net's wall as one bar."""
+    plt = _pyplot()
+    rows = [(case, side, r) for case in data["cases"] for side, r in case["sides"].items()]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = []
+    for i, (case, side, r) in enumerate(rows):
+        labels.append(f"{case['slices']} slices, {side}")
+        stages = r.get("stages_median_s")
+        if not stages:   # the anchor: its wall time only
+            ax.barh(i, r["wall"]["median_s"], color="lightgrey", edgecolor="grey")
+            ax.text(r["wall"]["median_s"], i, f" {r['wall']['median_s']:.0f} s", va="center", fontsize=7)
+            continue
+        left = 0.0
+        for k, stage in enumerate((*HOST_STAGES[:5], "network", *HOST_STAGES[5:])):
+            width = max(stages.get(stage, 0.0), 0.0)
+            ax.barh(i, width, left=left, color="white" if stage == "network" else colors[k % len(colors)],
+                    edgecolor="grey", hatch="///" if stage == "network" else None,
+                    label=stage if i == 0 else None)
+            left += width
+        host = r["host"]["median_s"]
+        ax.text(left, i, f" host {host:.2f} s{mark(run_quiet and r['host']['stable'])}", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (median); the network hatched")
+    ax.legend(fontsize=6, ncol=9, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    title = "Host path of a FLARE case, one process per case"
+    ax.set_title(title if run_quiet else "UNRELIABLE — " + title, fontsize=9)
+    return save_figure(fig, path)
+
+
 # ----------------------------------------------------------------------------- the report
 
 def environment_lines(results: dict) -> list[str]:
@@ -526,7 +588,10 @@ def build_markdown(results: dict, out_dir: Path) -> tuple[str, list[Path]]:
         add("Complexity", (complexity_section(sec["complexity"]), []))
     if sec.get("flare"):
         add("FLARE efficiency profile of `fusionseg predict`", flare_section(sec["flare"], plots, run_quiet))
-    missing = [n for n in ("op", "gpu_static", "network", "complexity", "flare") if not sec.get(n)]
+    if sec.get("host_path"):
+        add("Host path of a FLARE case: everything but the network", host_path_section(sec["host_path"], plots,
+                                                                                      run_quiet))
+    missing = [n for n in ("op", "gpu_static", "network", "complexity", "flare", "host_path") if not sec.get(n)]
     if missing:
         lines += [f"Not in this report (skipped or failed, see the job table): {', '.join(missing)}.", ""]
     return "\n".join(lines), figs

@@ -16,6 +16,9 @@ and prints the report's path last. Sections:
   complexity  fusionseg complexity --json
   flare       fusionseg synth + fusionseg profile --per-case -- fusionseg predict, on synthetic
               cases, once per backend (reference and the fused ones)
+  host_path   bench/bench_host_path.py: everything but the network of a 512x512x554 case, one
+              fusionseg predict process per run (fast and exact mode), nnUNetv2_predict as the anchor
+              (CPU; --full: the paper's eight sizes)
 
 Default: the CPU op benchmark at 0.5 s per measurement, the static report for the three
 calls with x >= 32 MB in bf16, two small FLARE cases; on a GPU the quick kernel sweep. --full: full timing
@@ -46,7 +49,7 @@ from bench.machine import MachineMonitor, judge, wait_for_quiet
 from bench.harness import (KEEP_FREED_MEMORY, PAPER_SLICES, PAPER_SPACING, REPORTS_DIR, ROOT, STABLE_THREADS,
                            device_slug, environment, utc_now, write_json)
 
-SECTIONS = ("op", "gpu_static", "network", "complexity", "flare")
+SECTIONS = ("op", "gpu_static", "network", "complexity", "flare", "host_path")
 SMALL_SIZE, SMALL_SPACING = (40, 160, 160), (5.0, 1.6, 1.6)
 
 
@@ -289,6 +292,17 @@ def section_flare(r: Runner, args, device: str, py: str) -> dict | None:
             "device": device, "backends": results} if results else None
 
 
+def section_host_path(r: Runner, args, device: str, py: str) -> dict | None:
+    out_json = r.out / "raw" / "host_path.json"
+    cmd = [py, "-m", "bench.bench_host_path", "--threads", str(args.threads), "--out", str(out_json)]
+    if args.smoke:
+        cmd += ["--sizes", "55", "--repeats", "1", "--no-anchor"]
+    elif args.full:
+        cmd += ["--full"]
+    r.run("host_path", cmd)   # as a user runs it: no OpenMP spinning beside the reading and writing threads
+    return load(out_json)
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -304,7 +318,7 @@ def main(argv=None) -> int:
     py = sys.executable
     sections = {}
     jobs = {"op": section_op, "gpu_static": section_gpu_static, "network": section_network,
-            "complexity": section_complexity, "flare": section_flare}
+            "complexity": section_complexity, "flare": section_flare, "host_path": section_host_path}
     for name in args.sections:
         try:
             sections[name] = jobs[name](runner, args, device, py)
@@ -333,7 +347,7 @@ def main(argv=None) -> int:
 
 
 #: the jobs whose figures are timings (the static report and the complexity table are not)
-TIMED_JOBS = ("op", "op_1thread", "network", "flare_")
+TIMED_JOBS = ("op", "op_1thread", "network", "flare_", "host_path")
 
 
 def run_verdict(machine: dict[str, dict], sections: dict) -> dict:
@@ -353,6 +367,9 @@ def run_verdict(machine: dict[str, dict], sections: dict) -> dict:
     for case in (sections.get("network") or {}).get("cases", []):
         unstable += [f"network {case['case']} {case['dtype']} {b}" for b, r in case["results"].items()
                      if b != "reference" and r.get("stable") is False]
+    for case in (sections.get("host_path") or {}).get("cases", []):
+        unstable += [f"host path {case['slices']} slices {side}" for side, s in case["sides"].items()
+                     if side != "nnunet" and s["host"] and s["host"]["stable"] is False]
     return judge(list(timed.values()), unstable)
 
 

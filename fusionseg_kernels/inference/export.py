@@ -121,21 +121,22 @@ def _separate_z(values: np.ndarray, target: tuple, axis: int, out: np.ndarray) -
     moved_out = np.moveaxis(out, axis, 0)                    # a view: output slices along the axis
     moved_in = np.moveaxis(values, 1 + axis, 1)
 
-    def resized(source: int) -> np.ndarray:
-        """What nnU-Net computes for one input slice, channel by channel, in float64, as float16."""
-        return np.stack([resize(moved_in[c, source].astype(np.float64), inplane_shape, 1, mode="edge",
-                                anti_aliasing=False) for c in range(values.shape[0])]).astype(np.float16)
+    def labels_of(source: int) -> np.ndarray:
+        """The labels of one input slice's resampled logits: what nnU-Net computes for the slice,
+        channel by channel in float64, rounded to float16, then the argmax. Output slices that
+        copy this input slice (order 0 along the axis) copy these labels."""
+        resampled = np.stack([resize(moved_in[c, source].astype(np.float64), inplane_shape, 1, mode="edge",
+                                     anti_aliasing=False) for c in range(values.shape[0])]).astype(np.float16)
+        return _argmax(resampled)
 
     unique = np.unique(sources)
     per_chunk = max(1, SLAB_VOXELS // max(1, int(np.prod(inplane_shape))))
     # the input slices a chunk of output slices needs, in parallel (scipy releases the GIL)
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         for start in range(0, unique.size, per_chunk):
-            chunk = unique[start:start + per_chunk]
-            planes = dict(zip(chunk.tolist(), pool.map(resized, chunk.tolist())))
-            wanted = np.flatnonzero((sources >= chunk[0]) & (sources <= chunk[-1]))   # consecutive: sources rise
-            stack = np.stack([planes[int(sources[k])] for k in wanted], axis=1)
-            moved_out[wanted[0]:wanted[-1] + 1] = _argmax(stack)
+            chunk = unique[start:start + per_chunk].tolist()
+            for source, labels in zip(chunk, pool.map(labels_of, chunk)):
+                moved_out[sources == source] = labels
 
 
 def _zoom_coordinates(n_in: int, n_out: int) -> np.ndarray:
