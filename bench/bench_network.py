@@ -1,14 +1,21 @@
 """Whole-network benchmark: the released DualBranchUNet with backend="reference" vs the fused backends.
 
+Variants (``--variants``; by default all of them for each fused backend B):
+- ``reference``: PyTorch's convolutions, InstanceNorm3d and LeakyReLU;
+- ``B-op``: the fused InceptionDWConv3d only (PyTorch's InstanceNorm3d and LeakyReLU);
+- ``B``: the fused op and the fused InstanceNorm + LeakyReLU (the network's default);
+- ``B-cl``: as ``B`` with the weights and the input in channels_last_3d (CPU only).
+
 Measures, in one process on one device, with the same weights and the same allocator settings:
 - inference: forward of batch 1 (default patch 96×128×128), no_grad, eval mode;
 - training step: batch 2, forward + cross-entropy + backward + gradient clipping (12, as the
   release) + AdamW (lr 8e-4, wd 0.01, eps 1e-5) step;
 in float32 (CPU and GPU) and bf16 autocast (GPU). The backends are timed interleaved (one
 iteration of each in turn, per repeat) so that drift on a shared machine hits them alike; medians
-are reported. One extra profiled iteration per backend gives the share of time spent in
+are reported. One extra profiled iteration per variant gives the share of time spent in
 InceptionDWConv3d (torch.profiler; forward: the time inside the 28 layers' forward; backward: the
-autograd nodes whose sequence number belongs to an op run inside those layers).
+autograd nodes whose sequence number belongs to an op run inside those layers) and the operators
+with the largest shares of self time.
 
 CPU allocator: page faults on fresh large allocations can double a CPU time; glibc's settings
 apply to both sides equally here because both run in this process. The settings in force are
@@ -50,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--backends", nargs="+", default=None,
                    help="fused backends to compare with 'reference' (default: cpu on CPU; cuda and triton on GPU, "
                         "those that are available)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="what to time beside 'reference': B-op, B, B-cl for a fused backend B (default: all of them)")
     p.add_argument("--patch", nargs=3, type=int, default=[96, 128, 128], metavar=("D", "H", "W"),
                    help="inference patch (batch 1)")
     p.add_argument("--train-patch", nargs=3, type=int, default=None, metavar=("D", "H", "W"),
@@ -105,6 +114,44 @@ def autocast(device: str, dtype: str):
     if dtype == "bf16":
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def variant_names(backends: list[str], device: str) -> list[str]:
+    names = []
+    for b in backends:
+        names += [f"{b}-op", b] + ([f"{b}-cl"] if device == "cpu" else [])
+    return names
+
+
+def parse_variant(name: str) -> tuple[str, str | None, bool]:
+    """(InceptionDWConv3d backend, norm backend (None: the network's default for it), channels_last)."""
+    if name == "reference":
+        return "reference", None, False
+    backend, _, suffix = name.partition("-")
+    if suffix not in ("", "op", "cl"):
+        raise ValueError(f"unknown variant {name!r}: reference, B-op, B or B-cl for a backend B")
+    return backend, "reference" if suffix == "op" else None, suffix == "cl"
+
+
+def configure(model, variant: str) -> torch.memory_format:
+    """Puts the model in `variant`'s configuration; returns the memory format its input takes."""
+    backend, norm_backend, channels_last = parse_variant(variant)
+    model.set_backend(backend, norm_backend=norm_backend)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+    return layout
+
+
+def op_shares(prof, device: str, top: int = 8) -> list[dict]:
+    """The operators with the largest shares of self time (CPU time on the CPU, kernel time on the GPU)."""
+    totals: dict[str, list] = {}
+    for e in prof.key_averages():
+        t = e.self_device_time_total if device == "cuda" else e.self_cpu_time_total
+        if t > 0 and not e.key.startswith(("bench.", IDC_RANGE)):
+            totals[e.key] = [t, e.count]
+    whole = sum(t for t, _ in totals.values()) or 1
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"op": k, "share": t / whole, "self_us": t, "calls": n} for k, (t, n) in ranked]
 
 
 class IDCRanges:
@@ -184,42 +231,46 @@ def make_training(model, x, target, device, dtype):
     return step
 
 
-def run_case(model, backends, step_fn, device, repeats, warmup, profile_it):
-    times = {b: [] for b in backends}
-    for b in backends:  # warm-up (allocator, oneDNN primitive caches, autotuning)
-        model.set_backend(b)
+def run_case(model, variants, make_step, device, repeats, warmup, profile_it):
+    """make_step(layout) -> a step on an input in that memory format; the variants interleaved."""
+    steps = {}
+    for v in variants:  # warm-up (allocator, oneDNN primitive caches, autotuning)
+        steps[v] = make_step(configure(model, v))
         for _ in range(warmup):
-            step_fn()
+            steps[v]()
         sync(device)
+    times = {v: [] for v in variants}
     for _ in range(repeats):
-        for b in backends:  # interleaved
-            model.set_backend(b)
+        for v in variants:  # interleaved
+            configure(model, v)
             sync(device)
             t0 = time.perf_counter()
-            step_fn()
+            steps[v]()
             sync(device)
-            times[b].append(time.perf_counter() - t0)
-    out = {b: Timings(times[b]).as_dict() for b in backends}
-    for b in backends:  # the speedup per interleaved repeat: its spread says whether the ratio holds
-        ratios = paired_ratios(Timings(times["reference"]), Timings(times[b]))
-        out[b]["speedup_spread"] = ratios.spread
-        out[b]["stable"] = ratios.stable if b != "reference" else out[b]["stable"]
+            times[v].append(time.perf_counter() - t0)
+    out = {v: Timings(times[v]).as_dict() for v in variants}
+    for v in variants:  # the speedup per interleaved repeat: its spread says whether the ratio holds
+        ratios = paired_ratios(Timings(times["reference"]), Timings(times[v]))
+        out[v]["speedup_spread"] = ratios.spread
+        out[v]["stable"] = ratios.stable if v != "reference" else out[v]["stable"]
     if profile_it:
         ranges = IDCRanges(model)
         try:
-            for b in backends:
-                model.set_backend(b)
+            for v in variants:
+                configure(model, v)
                 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
                 with profile(activities=acts) as prof:
                     with record_function("bench.step"):
-                        step_fn()
+                        steps[v]()
                     sync(device)
-                out[b]["profile"] = idc_share(prof, device)
+                out[v]["profile"] = idc_share(prof, device)
+                out[v]["profile"]["top_ops"] = op_shares(prof, device)
         finally:
             ranges.remove()
+    configure(model, "reference")
     ref = out["reference"]["median_s"]
-    for b in backends:
-        out[b]["speedup_vs_reference"] = ref / out[b]["median_s"]
+    for v in variants:
+        out[v]["speedup_vs_reference"] = ref / out[v]["median_s"]
     return out
 
 
@@ -247,7 +298,12 @@ def main(argv=None) -> int:
     from fusionseg_kernels.models import DualBranchUNet
 
     fused = args.backends or available_backends(args.device, fused_only=True)
-    backends = ["reference"] + [b for b in fused if b != "reference"]
+    fused = [b for b in fused if b != "reference"]
+    backends = ["reference"] + (args.variants or variant_names(fused, args.device))
+    for v in backends:
+        if parse_variant(v)[2] and args.device != "cpu":
+            print(f"variant {v}: channels_last is measured on the CPU only", file=sys.stderr)
+            return 2
     torch.manual_seed(0)
     model = DualBranchUNet().to(args.device)
     gen = torch.Generator().manual_seed(1)
@@ -281,8 +337,8 @@ def run_cases(args, model, backends, gen, result) -> None:
     for dtype in args.dtypes:
         x = torch.randn(1, 1, *args.patch, generator=gen).to(args.device)
         model.eval()
-        res = run_case(model, backends, make_inference(model, x, args.device, dtype), args.device,
-                       args.repeats, args.warmup, not args.no_profile)
+        res = run_case(model, backends, _in_layout(make_inference, model, x, args.device, dtype),
+                       args.device, args.repeats, args.warmup, not args.no_profile)
         result["cases"].append({"case": "inference forward", "dtype": dtype, "shape": [1, 1, *args.patch],
                                 "results": res})
         _print_case("inference forward", dtype, [1, 1, *args.patch], res)
@@ -292,17 +348,27 @@ def run_cases(args, model, backends, gen, result) -> None:
         x = torch.randn(2, 1, *args.train_patch, generator=gen).to(args.device)
         target = torch.randint(0, 2, (2, *args.train_patch), generator=gen).to(args.device)
         model.train()
-        res = run_case(model, backends, make_training(model, x, target, args.device, dtype), args.device,
-                       args.repeats, args.warmup, not args.no_profile)
+        res = run_case(model, backends, _in_layout(make_training, model, x, args.device, dtype, target),
+                       args.device, args.repeats, args.warmup, not args.no_profile)
         result["cases"].append({"case": "training step", "dtype": dtype, "shape": [2, 1, *args.train_patch],
                                 "results": res})
         _print_case("training step", dtype, [2, 1, *args.train_patch], res)
         del x, target
 
 
+def _in_layout(make_step, model, x, device, dtype, target=None):
+    """make_step(layout) for run_case: the step on x in that memory format."""
+    def make(layout):
+        xl = x.contiguous(memory_format=layout)
+        if target is None:
+            return make_step(model, xl, device, dtype)
+        return make_step(model, xl, target, device, dtype)
+    return make
+
+
 def _print_case(case, dtype, shape, res):
     print(f"\n{case}, {dtype}, input {tuple(shape)}")
-    print(f"  {'backend':<10} {'median s':>9} {'min s':>8} {'speedup':>8} {'IDC share':>10} {'IDC s':>7} "
+    print(f"  {'variant':<10} {'median s':>9} {'min s':>8} {'speedup':>8} {'IDC share':>10} {'IDC s':>7} "
           f"{'profiled s':>10}")
     for b, r in res.items():
         prof = r.get("profile")
@@ -315,6 +381,10 @@ def _print_case(case, dtype, shape, res):
         mark = "" if r["stable"] else "  UNSTABLE"
         print(f"  {b:<10} {r['median_s']:9.3f} {r['min_s']:8.3f} {r['speedup_vs_reference']:7.2f}x {extra} "
               f"spread {spread}{mark}")
+    for b, r in res.items():
+        top = (r.get("profile") or {}).get("top_ops")
+        if top:
+            print(f"  {b}: " + ", ".join(f"{o['op']} {o['share']:.0%} ({o['calls']})" for o in top[:6]))
     sys.stdout.flush()
 
 

@@ -583,6 +583,92 @@ def cuda_prediction(arch, dtype_name, shape, gc, direction, kernels):
 
 # ------------------------------------------------------------------------------ report
 
+# ------------------------------------------------------------------------------ the fused norm
+
+#: the fused InstanceNorm + LeakyReLU's passes: (kernel, tensors it reads, tensors it writes), each
+#: of |x| bytes; forward = moments + apply, backward = grad moments + grad apply
+NORM_PASSES = {"forward": (("_moments_kernel", 1, 0), ("_apply_kernel", 1, 1)),
+               "backward": (("_grad_moments_kernel", 2, 0), ("_grad_apply_kernel", 2, 1))}
+
+
+def norm_calls(batch=2):
+    """The released network's distinct InstanceNorm3d input shapes at batch `batch`, largest first."""
+    from bench.bench_norm import network_norm_calls
+
+    shapes = {(batch,) + tuple(shape[1:]) for shape, _slope, _n in network_norm_calls()}
+    return sorted(shapes, key=lambda s: -math.prod(s))
+
+
+def norm_kernels(arch, dtype_name, cache, log):
+    """The four Triton kernels of the fused norm compiled for the largest call's specialization
+    (every call has the same: S, the pointers and the chunk counts divisible by 16)."""
+    from fusionseg_kernels.ops.instance_norm_act import triton_impl as ni
+
+    x = torch.empty(norm_calls()[0], dtype=DTYPES[dtype_name], device="meta")
+    N, C, S, n_chunks, wide = ni._geometry(x)
+    acc = ni._acc_dtype(x)
+    part = torch.empty((N * C, n_chunks, 2), dtype=acc, device="meta")
+    v = torch.empty(N * C, dtype=acc, device="meta")
+    args = {"_moments_kernel": (x, part, S, n_chunks), "_apply_kernel": (x, x, v, v, S, 0.01),
+            "_grad_moments_kernel": (x, x, v, v, v, v, part, S, C, n_chunks, 0.01),
+            "_grad_apply_kernel": (x, x, x, v, v, v, v, v, v, S, C, 0.01)}
+    kwargs = dict(CHUNK=ni.CHUNK, BLOCK=ni.BLOCK, IS_F64=False, WIDE=wide, num_warps=ni.NUM_WARPS)
+    out = {}
+    for name, a in args.items():
+        out[name] = _triton_compile(getattr(ni, name), a, kwargs, arch, ni.NUM_WARPS, cache)
+        log(f"triton norm {arch} {dtype_name} {name}: {out[name]['registers']} regs, "
+            f"{out[name]['spill_bytes']} B spilled")
+    return out
+
+
+def norm_prediction(arch, dtype_name, shape, kernels, direction):
+    """Predicted fraction of DRAM bandwidth of the norm's passes on one call: each pass streams
+    its |x|-sized tensors once; a program keeps one step (BLOCK elements of each tensor it reads)
+    in flight, so the resident programs sustain (CTA slots x bytes per step) / DRAM latency
+    (Little's law), capped by the copy ceiling."""
+    from fusionseg_kernels.ops.instance_norm_act import triton_impl as ni
+
+    a = ARCHS[arch]
+    elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
+    x_bytes = math.prod(shape) * elt
+    planes, per_plane = shape[0] * shape[1], math.prod(shape[2:])
+    programs = planes * math.ceil(per_plane / ni.CHUNK)
+    passes = NORM_PASSES["forward"] + (NORM_PASSES["backward"] if direction == "forward+backward" else ())
+    out, total_t, total_bytes = {"passes": {}, "config": {}}, 0.0, 0.0
+    for name, reads, writes in passes:
+        k = kernels[name]
+        ctas, _ = occupancy(arch, k["registers"], ni.NUM_WARPS, k["shared_bytes"])
+        step_bytes = reads * ni.BLOCK * elt
+        dram = (reads + writes) * x_bytes
+        pred = _finish({"read_amplification": 1.0}, arch, dram, dram, dram, programs, ctas, ctas * step_bytes,
+                       MODEL["dram_latency_s"], step_bytes, 0.0, reads / (reads + writes))
+        pred["time_s"] = pred["predicted_time_s"] + MODEL["launch_s"]
+        out["passes"][name] = pred
+        total_t += pred["time_s"]
+        total_bytes += dram
+    out["predicted_fraction"] = min(MODEL["copy_ceiling"], total_bytes / a["bw"] / total_t)
+    out["dram_bytes"] = total_bytes
+    return out
+
+
+def add_norm_report(report, seen, arch, dtypes, subset, cache, log):
+    calls = norm_calls()
+    if subset:
+        calls = [c for c in calls if math.prod(c) * 2 >= TARGET_MIN_X_BYTES]
+    from fusionseg_kernels.ops.instance_norm_act import triton_impl as ni
+
+    for dt in dtypes:
+        kernels = norm_kernels(arch, dt, cache, log)
+        for name, k in kernels.items():
+            _add_kernel(report, seen, "triton", f"norm{name}", arch, dt, {"BLOCK": ni.BLOCK, "CHUNK": ni.CHUNK},
+                        dict(k, num_warps=4))
+        elt = torch.empty((), dtype=DTYPES[dt]).element_size()
+        for shape in calls:
+            for direction in ("forward", "forward+backward"):
+                _add_pred(report, "triton-norm", arch, dt, shape, math.prod(shape) * elt, direction,
+                          norm_prediction(arch, dt, shape, kernels, direction))
+
+
 def build_report(archs, dtypes, subset, log=print, cuda_lib=None):
     cache = json.loads(CACHE_FILE.read_text()) if CACHE_FILE.exists() else {}
     calls = layer_calls()
@@ -619,6 +705,7 @@ def build_report(archs, dtypes, subset, log=print, cuda_lib=None):
                             w = 8
                             _add_kernel(report, seen, "cuda", k["kernel"], arch, dt, {"spec": k["spec"]},
                                         dict(k, num_warps=w, shared_bytes=k["static_shared"]))
+            add_norm_report(report, seen, arch, dtypes, subset, cache, log)
     finally:
         CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
         CACHE_FILE.write_text(json.dumps(cache))

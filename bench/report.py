@@ -335,7 +335,15 @@ def network_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[li
     out += table(["case", "dtype", "backend", "median s", "min s", "time spread", "speedup spread",
                   "speedup (median)", "InceptionDWConv3d share (profiler)"], body)
     out += ["", "Spreads are (75th - 25th percentile) / median over the repeats; the speedup spread is that of "
-            "the per-repeat ratios of the interleaved pairs, which decides whether a speedup is marked."]
+            "the per-repeat ratios of the interleaved pairs, which decides whether a speedup is marked.",
+            "Variants: `reference` is PyTorch's layers throughout; `B-op` the fused InceptionDWConv3d only; `B` "
+            "also the fused InstanceNorm + LeakyReLU and the fused upsampling; `B-cl` as `B` in channels_last_3d."]
+    shares = [[case["case"], b, "; ".join(f"{o['op']} {o['share']:.0%} ({o['calls']})" for o in top[:5])]
+              for case in data["cases"] for b, r in case["results"].items()
+              if (top := (r.get("profile") or {}).get("top_ops"))]
+    if shares:
+        out += ["", "Largest shares of self time in the profiled step (operator, share, calls):", ""]
+        out += table(["case", "variant", "operators"], shares)
     return out, [plot_network(data, plots / "network.png", run_quiet)]
 
 

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg_kernels.modules import InceptionDWConv3d
+from fusionseg_kernels.ops.instance_norm_act import BACKENDS as NORM_BACKENDS
+from fusionseg_kernels.ops.instance_norm_act import instance_norm_leaky_relu, instance_norm_leaky_relu_, needs_grad
 
 Triple = tuple[int, int, int]
 
@@ -34,27 +36,57 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
 
 
+def norm_backend_for(backend: str) -> str:
+    """The norm backend that goes with a network backend: PyTorch's InstanceNorm3d and LeakyReLU
+    for "reference", otherwise the fused op wherever it runs ("auto")."""
+    return "reference" if backend == "reference" else "auto"
+
+
 class ConvNormAct(nn.Module):
     """op -> InstanceNorm3d -> LeakyReLU (``act`` is None when the layer has no activation).
 
     ``conv`` is an ``nn.Conv3d`` or an ``InceptionDWConv3d`` (the released "CNA" layer, see
     `LayerFactory.released_layer`). Input (N, in, D, H, W) -> (N, out, D', H', W').
+
+    ``norm_backend`` ("auto", "reference", "cpu"): with "reference" the ``norm`` and ``act``
+    modules run as PyTorch's; otherwise norm and activation are one fused op
+    (`instance_norm_leaky_relu`) with the same parameters, written into the conv's output where
+    no gradient is recorded. The modules and the state dict are the same either way.
     """
 
     def __init__(self, conv: nn.Module, channels: int, norm_eps: float, norm_affine: bool,
-                 negative_slope: float | None):
+                 negative_slope: float | None, norm_backend: str = "auto"):
         super().__init__()
         self.conv = conv
         self.norm = nn.InstanceNorm3d(channels, eps=norm_eps, affine=norm_affine)
         self.act = nn.LeakyReLU(negative_slope, inplace=True) if negative_slope is not None else None
+        self.norm_backend = norm_backend
+
+    @property
+    def norm_backend(self) -> str:
+        return self._norm_backend
+
+    @norm_backend.setter
+    def norm_backend(self, name: str) -> None:
+        if name not in NORM_BACKENDS:
+            raise ValueError(f"unknown norm backend {name!r}; choose one of {', '.join(NORM_BACKENDS)}")
+        self._norm_backend = name
 
     @property
     def is_inception(self) -> bool:
         return isinstance(self.conv, InceptionDWConv3d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.conv(x))
-        return self.act(x) if self.act is not None else x
+        x = self.conv(x)
+        if self.norm_backend == "reference":
+            x = self.norm(x)
+            return self.act(x) if self.act is not None else x
+        norm = self.norm
+        args = dict(eps=norm.eps, negative_slope=self.act.negative_slope if self.act is not None else 1.0,
+                    backend=self.norm_backend)
+        if needs_grad(x, norm.weight, norm.bias):
+            return instance_norm_leaky_relu(x, norm.weight, norm.bias, **args)
+        return instance_norm_leaky_relu_(x, norm.weight, norm.bias, **args)  # x: the conv's own output
 
 
 class LayerFactory:
@@ -78,7 +110,7 @@ class LayerFactory:
 
     def _wrap(self, conv: nn.Module, channels: int, act: bool) -> ConvNormAct:
         return ConvNormAct(conv, channels, self.norm_eps, self.norm_affine,
-                           self.negative_slope if act else None)
+                           self.negative_slope if act else None, norm_backend_for(self.backend))
 
     def dense(self, cin: int, cout: int, kernel, stride, act: bool = True) -> ConvNormAct:
         kernel, stride = as_triple(kernel, "kernel_size"), as_triple(stride, "stride")
@@ -126,7 +158,8 @@ class ResidualBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)  # the release runs the shortcut first
-        return self.act(self.convs(x) + shortcut)
+        # in place: convs' output is this branch's own (its norm's backward keeps its input, not its output)
+        return self.act(self.convs(x).add_(shortcut))
 
 
 class DualBranchBlock(nn.Module):
@@ -153,6 +186,34 @@ class DualBranchBlock(nn.Module):
         return self.fusion_conv(torch.cat((idc, residual), dim=1))
 
 
+def transposed_conv_is_a_matmul(conv: nn.ConvTranspose3d) -> bool:
+    """kernel == stride, no padding, dilation or groups: every output voxel comes from one input voxel."""
+    return (tuple(conv.kernel_size) == tuple(conv.stride) and tuple(conv.padding) == (0, 0, 0)
+            and tuple(conv.output_padding) == (0, 0, 0) and tuple(conv.dilation) == (1, 1, 1) and conv.groups == 1)
+
+
+def upsample_into(conv: nn.ConvTranspose3d, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out.copy_(conv(x))`` for a `transposed_conv_is_a_matmul` conv, as one matmul over the
+    channels, (voxels, C_in) @ (C_in, C_out * kd * kh * kw), and one copy that scatters its rows
+    into `out` (a channel slice of the concatenation that follows, say). PyTorch's CPU
+    ConvTranspose3d does the same matmul but copies its result once more, and the cat a third time."""
+    n, cin, d, h, w = x.shape
+    cout, (kd, kh, kw) = conv.out_channels, conv.kernel_size
+    if x.is_contiguous():   # (N, C, DHW) transposed: a view, matmul reads it as is
+        rows = x.reshape(n, cin, d * h * w).transpose(1, 2)
+    else:                   # channels_last_3d: (N, DHW, C) is a view
+        rows = x.permute(0, 2, 3, 4, 1).reshape(n, d * h * w, cin)
+    weight = conv.weight.reshape(cin, cout * kd * kh * kw)
+    if conv.bias is None:
+        cols = torch.matmul(rows, weight)
+    else:  # the bias in the matmul's accumulator (an in-place add on `out` would trip autograd's view rules)
+        bias = conv.bias.repeat_interleave(kd * kh * kw).view(1, 1, -1)
+        cols = torch.baddbmm(bias, rows, weight.expand(n, -1, -1))
+    y = cols.view(n, d, h, w, cout, kd, kh, kw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    out.view(n, cout, d, kd, h, kh, w, kw).copy_(y)  # splitting dims is a view in any layout
+    return out
+
+
 class UNetDecoder(nn.Module):
     """nnU-Net's decoder, with the release's segmentation heads.
 
@@ -164,6 +225,11 @@ class UNetDecoder(nn.Module):
     With it True every head runs and forward returns their logits as nnU-Net's decoder does:
     a list, the highest resolution first. nnU-Net's trainer switches the flag by setting
     ``decoder.deep_supervision``.
+
+    ``fused_upsampling`` (set with the network's norm backend): each stage's transposed conv, when
+    `transposed_conv_is_a_matmul`, writes its output straight into the concatenation
+    (`upsample_into`) instead of PyTorch's ConvTranspose3d then torch.cat — two fewer copies of the
+    stage's largest tensor, the same sums.
     """
 
     def __init__(self, layers: LayerFactory, features: Sequence[int], strides: Sequence[Triple],
@@ -185,14 +251,27 @@ class UNetDecoder(nn.Module):
         self.transpconvs = nn.ModuleList(transpconvs)
         self.seg_layers = nn.ModuleList(seg_layers)
         self.deep_supervision = bool(deep_supervision)
+        self.fused_upsampling = norm_backend_for(layers.backend) != "reference"
+
+    def _upsample_and_cat(self, up: nn.ConvTranspose3d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        size = tuple(s * k for s, k in zip(x.shape[2:], up.stride))
+        if not (self.fused_upsampling and transposed_conv_is_a_matmul(up) and size == tuple(skip.shape[2:])
+                and not torch.is_autocast_enabled(x.device.type)):   # autocast: PyTorch's dtype rules
+            return torch.cat((resize_to(up(x), skip.shape[2:]), skip), dim=1)
+        layout = torch.channels_last_3d if skip.is_contiguous(memory_format=torch.channels_last_3d) and \
+            not skip.is_contiguous() else torch.contiguous_format
+        dtype = torch.promote_types(torch.promote_types(x.dtype, up.weight.dtype), skip.dtype)  # as torch.cat's
+        both = torch.empty((skip.shape[0], up.out_channels + skip.shape[1], *skip.shape[2:]), dtype=dtype,
+                           device=skip.device, memory_format=layout)
+        upsample_into(up, x, both[:, :up.out_channels])
+        both[:, up.out_channels:].copy_(skip)
+        return both
 
     def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         x = skips[-1]
         outputs = []
         for i, (up, stage) in enumerate(zip(self.transpconvs, self.stages)):
-            skip = skips[-(i + 2)]
-            x = resize_to(up(x), skip.shape[2:])
-            x = stage(torch.cat((x, skip), dim=1))
+            x = stage(self._upsample_and_cat(up, x, skips[-(i + 2)]))
             if self.deep_supervision:
                 outputs.append(self.seg_layers[i](x))
         if not self.deep_supervision:

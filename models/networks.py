@@ -21,7 +21,8 @@ from fusionseg_kernels.errors import ArchitectureError, InputSizeError
 from fusionseg_kernels.modules import InceptionDWConv3d
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import check_backend_name
 
-from .blocks import (DualBranchBlock, LayerFactory, StackedConvs, Triple, UNetDecoder, as_triple)
+from .blocks import (ConvNormAct, DualBranchBlock, LayerFactory, StackedConvs, Triple, UNetDecoder, as_triple,
+                     norm_backend_for)
 
 RELEASED_FEATURES = (32, 64, 128, 256, 320)
 RELEASED_STRIDES = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))
@@ -270,12 +271,29 @@ class _UNet(nn.Module):
     def inception_layers(self) -> list[InceptionDWConv3d]:
         return [m for m in self.modules() if isinstance(m, InceptionDWConv3d)]
 
-    def set_backend(self, backend: str) -> "_UNet":
-        """Sets the backend of every InceptionDWConv3d ("auto", "reference", "cpu", "cuda", "triton")."""
+    def set_backend(self, backend: str, *, norm_backend: str | None = None) -> "_UNet":
+        """Sets the backend of every InceptionDWConv3d ("auto", "reference", "cpu", "cuda", "triton")
+        and of every InstanceNorm + LeakyReLU pair: ``norm_backend`` ("auto", "reference", "cpu"),
+        by default PyTorch's ops with "reference" and the fused op otherwise (`blocks.norm_backend_for`).
+        A norm backend other than "reference" also makes the decoder write its transposed convs
+        straight into the concatenations (`UNetDecoder.fused_upsampling`)."""
         check_backend_name(backend)  # checked here too for nets without InceptionDWConv3d layers
+        norm_backend = norm_backend_for(backend) if norm_backend is None else norm_backend
+        for m in self.modules():
+            if isinstance(m, ConvNormAct):
+                m.norm_backend = norm_backend
+        self.decoder.fused_upsampling = norm_backend != "reference"
         for m in self.inception_layers():
             m.backend = backend
         return self
+
+    @property
+    def norm_backend(self) -> str | None:
+        """The norm backend shared by all conv-norm-act layers ("mixed" if they differ)."""
+        names = {m.norm_backend for m in self.modules() if isinstance(m, ConvNormAct)}
+        if not names:
+            return None
+        return names.pop() if len(names) == 1 else "mixed"
 
     @property
     def backend(self) -> str | None:

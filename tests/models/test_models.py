@@ -290,6 +290,47 @@ def test_backend_argument_and_set_backend():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_norm_backend_follows_the_network_backend_and_can_be_set_apart():
+    model = DualBranchUNet(features_per_stage=TINY_FEATURES, backend="reference")
+    assert model.norm_backend == "reference"
+    assert model.set_backend("cpu").norm_backend == "auto"
+    assert model.set_backend("cpu", norm_backend="reference").norm_backend == "reference"
+    assert model.backend == "cpu"
+    with pytest.raises(ValueError, match="unknown norm backend"):
+        model.set_backend("cpu", norm_backend="fast")
+    assert PlainConvUNet(backend="reference").norm_backend == "reference"
+    assert PlainConvUNet().norm_backend == "auto"
+
+
+@pytest.mark.skipif(not fusionseg_kernels.extension_available(), reason="the C++ extension is not built")
+def test_fused_norm_runs_in_place_without_grad_and_out_of_place_with_it(fixture):
+    """The fused path: one fusionseg norm op per InstanceNorm3d (none of PyTorch's), in place under
+    no_grad; both forms give the same logits, and the reference path no fused op."""
+    torch.manual_seed(0)
+    model = DualBranchUNet(features_per_stage=TINY_FEATURES, backend="cpu").eval()
+    tiny_input = fixture["input"]
+    n_norms = sum(isinstance(m, torch.nn.InstanceNorm3d) for m in model.modules())
+
+    def ops_called(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = fn()
+        names = [e.name for e in prof.events()]
+        return out, {k: names.count(k) for k in ("fusionseg::instance_norm_leaky_relu_",
+                                                 "fusionseg::instance_norm_leaky_relu_forward",
+                                                 "aten::instance_norm")}
+
+    with torch.no_grad():
+        inplace, counts = ops_called(lambda: model(tiny_input))
+    assert counts == {"fusionseg::instance_norm_leaky_relu_": n_norms,
+                      "fusionseg::instance_norm_leaky_relu_forward": 0, "aten::instance_norm": 0}
+    out_of_place, counts = ops_called(lambda: model(tiny_input.clone().requires_grad_()))
+    assert counts["fusionseg::instance_norm_leaky_relu_forward"] == n_norms
+    assert torch.equal(inplace, out_of_place.detach())
+    with torch.no_grad():
+        _, counts = ops_called(lambda: model.set_backend("reference")(tiny_input))
+    assert counts["aten::instance_norm"] == n_norms and counts["fusionseg::instance_norm_leaky_relu_"] == 0
+
+
 @pytest.mark.parametrize("size", [(33, 64, 64), (32, 60, 64), (32, 64, 65)])
 def test_input_not_divisible_raises(size, tiny):
     with pytest.raises(InputSizeError, match=r"total stride \(8, 16, 16\)") as info:
@@ -444,3 +485,31 @@ def test_constructors_keep_their_keywords_and_defaults():
     # positional arguments still work, in the documented order
     model = DualBranchUNet(1, 3, TINY_FEATURES)
     assert model.num_classes == 3 and model.features_per_stage == TINY_FEATURES
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d], ids=["ncdhw", "ndhwc"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_upsampling_matches_conv_transpose_then_cat(layout, bias):
+    """The decoder's fused upsampling (the transposed conv's matmul written into the concatenation)
+    against PyTorch's ConvTranspose3d then torch.cat: values and every gradient, float64."""
+    from fusionseg_kernels.models.blocks import UNetDecoder, transposed_conv_is_a_matmul
+
+    torch.manual_seed(0)
+    up = torch.nn.ConvTranspose3d(6, 3, (1, 2, 2), (1, 2, 2), bias=bias).double()
+    assert transposed_conv_is_a_matmul(up)
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    skip = torch.randn(2, 4, 3, 8, 10, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    decoder = UNetDecoder.__new__(UNetDecoder)
+    torch.nn.Module.__init__(decoder)
+    results = []
+    for fused in (False, True):
+        decoder.fused_upsampling = fused
+        out = decoder._upsample_and_cat(up, x, skip)
+        grad = torch.arange(out.numel(), dtype=torch.float64).view_as(out).sin()
+        params = [x, skip, up.weight] + ([up.bias] if bias else [])
+        results.append((out, torch.autograd.grad(out, params, grad)))
+    (ref, ref_grads), (got, got_grads) = results
+    assert got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

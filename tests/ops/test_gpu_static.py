@@ -212,3 +212,19 @@ def test_report_has_the_documented_shape(tmp_path, cache):
     assert set(public["predictions"][0]) == set(gs.PREDICTION_KEYS)
     assert {p["direction"] for p in public["predictions"]} == {"forward", "forward+backward"}
     assert all(0 < p["predicted_fraction"] <= 1 for p in public["predictions"])
+
+
+@pytest.mark.parametrize("arch, dtype", [("sm_90", "bf16"), ("sm_89", "fp32")])
+def test_norm_kernels_have_no_spills_vector_access_and_stream_at_80_percent(arch, dtype, cache):
+    """The fused InstanceNorm + LeakyReLU's four Triton kernels: no local memory, 128-bit loads,
+    and a predicted >= 80 % of DRAM bandwidth on the calls of at least 32 MB in bf16."""
+    kernels = gs.norm_kernels(arch, dtype, cache, log=lambda *a: None)
+    for name, k in kernels.items():
+        _check_no_local_memory(f"triton norm {name} {arch} {dtype}", k)
+        assert k["global_access_bits"]["128"] > 0, f"{name}: no 128-bit global access"
+    big = [s for s in gs.norm_calls() if math.prod(s) * 2 >= gs.TARGET_MIN_X_BYTES]
+    assert len(big) == 3
+    for shape in big:
+        for direction in ("forward", "forward+backward"):
+            fraction = gs.norm_prediction(arch, dtype, shape, kernels, direction)["predicted_fraction"]
+            assert fraction >= 0.8, f"{shape} {direction}: predicted {fraction:.0%} of DRAM bandwidth"

@@ -1,0 +1,109 @@
+"""The public function: checks, picks a backend, calls it."""
+from __future__ import annotations
+
+import torch
+
+from ..._extension import extension_available
+from ..inception_dwconv3d.dispatch import BackendUnavailableError
+from .reference import instance_norm_leaky_relu_reference
+from .validation import check_args
+
+#: "auto": the fused CPU kernel for CPU tensors when the C++ extension is built, the Triton
+#: kernels for CUDA tensors when Triton imports, PyTorch's ops otherwise; "reference": PyTorch's
+#: ops; "cpu": the fused CPU kernel; "triton": the Triton kernels (CUDA tensors, or CPU tensors
+#: under TRITON_INTERPRET=1). A named backend that cannot run here is refused.
+BACKENDS = ("auto", "reference", "cpu", "triton")
+
+
+def _triton_usable(x: torch.Tensor) -> tuple[bool, str]:
+    from ... import config
+
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and config.triton_interpret()):
+        return False, (f"the triton backend takes CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), the "
+                       f"input is on {x.device}")
+    try:
+        from . import triton_impl
+    except ImportError as err:  # triton missing or too old
+        return False, f"triton does not import ({err})"
+    return triton_impl.available()
+
+
+def op_prefix(backend: str, x: torch.Tensor) -> str | None:
+    """The op trio that runs `backend` on x: "" (C++), "triton_" or None (PyTorch's ops);
+    raises for an unknown name or a named backend that cannot run on x here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"instance_norm_leaky_relu: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        if x.device.type != "cpu":
+            raise BackendUnavailableError(f"instance_norm_leaky_relu: the cpu backend takes CPU tensors, the input is "
+                                          f"on {x.device}; use backend='auto' or 'reference'.")
+        if not extension_available():
+            raise BackendUnavailableError("instance_norm_leaky_relu: the cpu backend needs the C++ extension, which "
+                                          "is not built; use backend='reference'.")
+        return ""
+    if backend == "triton":
+        usable, why = _triton_usable(x)
+        if not usable:
+            raise BackendUnavailableError(f"instance_norm_leaky_relu: {why}; use backend='auto' or 'reference'.")
+        return "triton_"
+    if x.device.type == "cpu":
+        return "" if extension_available() else None
+    return "triton_" if x.device.type == "cuda" and _triton_usable(x)[0] else None
+
+
+def _op(prefix: str, suffix: str):
+    from .registration import register
+
+    register(prefix)
+    return getattr(torch.ops.fusionseg, f"{prefix}instance_norm_leaky_relu{suffix}")
+
+
+def instance_norm_leaky_relu(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                             *, eps: float = 1e-5, negative_slope: float = 0.01,
+                             backend: str = "auto") -> torch.Tensor:
+    """``leaky_relu(instance_norm(x) * weight + bias, negative_slope)`` in two passes over memory.
+
+    Args:
+        x: (N, C, D, H, W), float32/float64/float16/bfloat16, contiguous or channels_last_3d
+            (other layouts are copied); statistics over D, H, W per (n, c), biased variance, as
+            ``F.instance_norm`` with input statistics.
+        weight, bias: (C,) affine parameters (InstanceNorm3d(affine=True)) or None.
+        eps: added to the variance. negative_slope: LeakyReLU's; 1.0 is no activation.
+        backend: see `BACKENDS`.
+
+    Returns:
+        y with x's shape, dtype and layout. Gradients for x, weight and bias (exact second order
+        through the reference's formulas); float16/bfloat16 are computed in float32.
+
+    Raises ValueError or TypeError (one sentence) for bad arguments, BackendUnavailableError when
+    the backend cannot run here.
+    """
+    check_args(x, weight, bias, eps, negative_slope)
+    prefix = op_prefix(backend, x)
+    if prefix is None:
+        return instance_norm_leaky_relu_reference(x, weight, bias, eps, negative_slope)
+    y, _, _ = _op(prefix, "_forward")(x, weight, bias, float(eps), float(negative_slope))
+    return y
+
+
+def needs_grad(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> bool:
+    """Whether autograd would record a call on these tensors (then only the out-of-place op will do)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+
+
+def instance_norm_leaky_relu_(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                              *, eps: float = 1e-5, negative_slope: float = 0.01,
+                              backend: str = "auto") -> torch.Tensor:
+    """`instance_norm_leaky_relu` written into x (returned), for inference: no output buffer to
+    allocate and fault in. Refused (ValueError) where autograd would record the call."""
+    check_args(x, weight, bias, eps, negative_slope)
+    if needs_grad(x, weight, bias):
+        raise ValueError("instance_norm_leaky_relu_ runs in place, without gradients; use instance_norm_leaky_relu "
+                         "where autograd records the call")
+    prefix = op_prefix(backend, x)
+    if prefix is None:
+        return x.copy_(instance_norm_leaky_relu_reference(x, weight, bias, eps, negative_slope))
+    _op(prefix, "_")(x, weight, bias, float(eps), float(negative_slope))
+    return x
