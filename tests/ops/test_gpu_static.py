@@ -7,8 +7,8 @@ the cubins of the built library. Checked: no spills, no stack frame and no local
 forward or backward kernel; 128-bit global loads and stores in the forward kernels when the
 layout is 16-byte aligned; the weight-gradient stage runs more than one program per SM.
 A compile takes 5-30 s on a loaded 2-core machine: by default a subset (both architectures,
-each dtype, three width classes, the first config of each class); FUSIONSEG_GPU_STATIC_FULL=1
-adds every call x dtype x arch with every config.
+each dtype, every width class with each of its configs); FUSIONSEG_GPU_STATIC_FULL=1 adds every
+call x dtype x arch.
 Triton's on-disk cache makes reruns fast.
 """
 from __future__ import annotations
@@ -35,8 +35,13 @@ CALLS = gs.layer_calls(batch=2)  # the network's distinct calls at batch 2, larg
 BIG = CALLS[0]                   # (2, 32, 96, 128, 128): W = 128
 MID = next(c for c in CALLS if c[0][-1] == 64)
 SMALL = next(c for c in CALLS if c[0][-1] == 8)
-# (arch, dtype, call): every arch, every dtype, three width classes
-SUBSET = [("sm_90", "bf16", BIG), ("sm_89", "fp16", MID), ("sm_90", "fp32", SMALL)]
+W32 = next(c for c in CALLS if c[0][-1] == 32)
+W16 = next(c for c in CALLS if c[0][-1] == 16)
+# (arch, dtype, call): every arch, every dtype, every width class (so every config the launcher
+# has), each config of the class compiled; float32 for the narrow classes, whose backward holds
+# the most registers (a 1024-element W = 16 tile once spilled there, on sm_89 only)
+SUBSET = [("sm_90", "bf16", BIG), ("sm_89", "fp16", MID), ("sm_90", "fp32", W32), ("sm_89", "fp32", W16),
+          ("sm_90", "fp32", SMALL)]
 FULL = [(a, d, c) for a in ("sm_89", "sm_90") for d in ("fp32", "fp16", "bf16") for c in CALLS
         if (a, d, c) not in SUBSET]
 
@@ -78,7 +83,8 @@ def _check_triton(arch, dtype, call, cache, first_only=False):
         # the launcher's specialization: D, H, W (multiples of 16 here) and the row strides
         # are known to be divisible by 16, which is what allows vector access
         if _aligned(call, dtype) and call[0][-1] % 16 == 0:
-            assert {"D", "H", "W", "sxh", "syh"} <= set(f["specialized"]), f["specialized"]
+            sizes = {n for n, v in zip("DHW", call[0][2:]) if v % 16 == 0}
+            assert sizes | {"sxh", "syh"} <= set(f["specialized"]), f["specialized"]
             bits = f["global_access_bits"]
             assert bits["128"] > 0, f"{name}: no 128-bit global access ({bits})"
     for b in entry["backward"]:
@@ -91,8 +97,19 @@ def _check_triton(arch, dtype, call, cache, first_only=False):
 
 @pytest.mark.parametrize("arch, dtype, call", SUBSET, ids=[_id(p) for p in SUBSET])
 def test_triton_kernels_have_no_spills_and_vector_access(arch, dtype, call, cache):
-    # the first config of each class (the full matrix below checks both)
-    _check_triton(arch, dtype, call, cache, first_only=True)
+    _check_triton(arch, dtype, call, cache)
+
+
+def test_the_subset_covers_every_config():
+    """Every config the launcher can pick is compiled by the subset above."""
+    classes = {cfg.kwargs["BLOCK_W"] for cfg in ti.GPU_CONFIGS}
+    assert classes == {ti_block_w(call) for _, _, call in SUBSET}
+
+
+def ti_block_w(call):
+    from fusionseg_kernels.ops.inception_dwconv3d.triton_kernels import _block_w_class
+
+    return _block_w_class(call[0][-1])
 
 
 @pytest.mark.slow
