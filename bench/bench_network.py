@@ -44,7 +44,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from fusionseg_kernels.ops.inception_dwconv3d.dispatch import available_backends
 
-from bench.harness import KEEP_FREED_MEMORY, default_out, quiet_profiler, write_json
+from bench.harness import default_out, quiet_profiler, reexec_keeping_freed_memory, write_json
 from bench.machine import MachineMonitor, Timings, judge, paired_ratios
 from bench.harness import environment as common_environment
 
@@ -95,14 +95,6 @@ def parse_args(argv=None):
     if args.device == "cpu" and "bf16" in args.dtypes:
         p.error("bf16 autocast is measured on the GPU only")
     return args
-
-
-def reexec_with_malloc_env() -> None:
-    if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
-        return
-    env = dict(os.environ, **KEEP_FREED_MEMORY)
-    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())}", flush=True)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def sync(device: str) -> None:
@@ -284,7 +276,7 @@ def environment(device: str) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.keep_freed_memory:
-        reexec_with_malloc_env()
+        reexec_keeping_freed_memory("bench.bench_network")
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_profiler()

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.harness import KEEP_FREED_MEMORY, default_out, environment, geomean, write_json
+from bench.harness import default_out, environment, geomean, reexec_keeping_freed_memory, write_json
 from bench.machine import MachineMonitor, geomean_spread, interleaved, judge, paired_ratios
 
 
@@ -106,8 +105,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.keep_freed_memory and not all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, **KEEP_FREED_MEMORY))
+    if args.keep_freed_memory:
+        reexec_keeping_freed_memory("bench.bench_norm")
     if args.threads:
         torch.set_num_threads(args.threads)
     from fusionseg_kernels import extension_available

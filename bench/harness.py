@@ -31,6 +31,19 @@ ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_AR
 # glibc told to keep freed memory: fresh large allocations otherwise page-fault on every call and
 # the fault cost, not the kernel, dominates CPU timings.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+
+
+def reexec_keeping_freed_memory(module: str) -> None:
+    """Re-runs `python -m module` with this process's arguments and glibc told to keep freed
+    memory (KEEP_FREED_MEMORY), unless that is already so. The settings must be in the
+    environment before the process starts; `-m` and the repository on PYTHONPATH keep the
+    `bench` package importable whatever the working directory."""
+    if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
+        return
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, **KEEP_FREED_MEMORY, PYTHONPATH=path)
+    print(f"re-executing with {' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())}", flush=True)
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 # OpenMP told to keep idle threads spinning on their own core: on a small VM a sleeping second
 # thread sometimes takes a scheduler tick (~8 ms) to wake for the next parallel region, which
 # makes two-thread CPU timings bimodal. Measured with `python -m bench.thread_stability` (the

@@ -226,10 +226,11 @@ class UNetDecoder(nn.Module):
     a list, the highest resolution first. nnU-Net's trainer switches the flag by setting
     ``decoder.deep_supervision``.
 
-    ``fused_upsampling`` (set with the network's norm backend): each stage's transposed conv, when
-    `transposed_conv_is_a_matmul`, writes its output straight into the concatenation
-    (`upsample_into`) instead of PyTorch's ConvTranspose3d then torch.cat — two fewer copies of the
-    stage's largest tensor, the same sums.
+    ``fused_upsampling`` (set with the network's norm backend): in inference, each stage's
+    transposed conv, when `transposed_conv_is_a_matmul`, writes its output straight into the
+    concatenation (`upsample_into`) instead of PyTorch's ConvTranspose3d then torch.cat — two fewer
+    copies of the stage's largest tensor, the same sums. Where autograd records, PyTorch's path
+    runs: the fused form's backward (the gradient of a permuted slice) copies more than it saves.
     """
 
     def __init__(self, layers: LayerFactory, features: Sequence[int], strides: Sequence[Triple],
@@ -256,7 +257,8 @@ class UNetDecoder(nn.Module):
     def _upsample_and_cat(self, up: nn.ConvTranspose3d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         size = tuple(s * k for s, k in zip(x.shape[2:], up.stride))
         if not (self.fused_upsampling and transposed_conv_is_a_matmul(up) and size == tuple(skip.shape[2:])
-                and not torch.is_autocast_enabled(x.device.type)):   # autocast: PyTorch's dtype rules
+                and not torch.is_autocast_enabled(x.device.type)   # autocast: PyTorch's dtype rules
+                and not needs_grad(x, up.weight, skip)):   # training: its backward copies more than it saves
             return torch.cat((resize_to(up(x), skip.shape[2:]), skip), dim=1)
         layout = torch.channels_last_3d if skip.is_contiguous(memory_format=torch.channels_last_3d) and \
             not skip.is_contiguous() else torch.contiguous_format

@@ -88,9 +88,10 @@ def instance_norm_leaky_relu(x: torch.Tensor, weight: torch.Tensor | None = None
     return y
 
 
-def needs_grad(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> bool:
-    """Whether autograd would record a call on these tensors (then only the out-of-place op will do)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record a call on these tensors (None entries ignored); then only
+    the out-of-place op will do."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def instance_norm_leaky_relu_(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
