@@ -1,14 +1,14 @@
 """The Triton kernels of instance_norm_leaky_relu through Triton's interpreter (CPU tensors): forward,
 every gradient and the in-place form against the float64 reference, in every dtype and layout
-(opcheck and the fake kernels: tests/ops/test_instance_norm_act.py). Run with TRITON_INTERPRET=1 (see conftest.py)."""
+(opcheck and the fake kernels: tests/ops/test_triton_norm_op.py). Run with TRITON_INTERPRET=1
+(see conftest.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fusionseg_kernels.ops.instance_norm_act import (instance_norm_leaky_relu, instance_norm_leaky_relu_,
-                                                     instance_norm_leaky_relu_reference)
-from tests.ops.test_instance_norm_act import TOLERANCE, _inputs, _run
+from fusionseg_kernels.ops.instance_norm_act import instance_norm_leaky_relu, instance_norm_leaky_relu_
+from tests.ops.test_instance_norm_act import _inputs, check_backend_against_reference
 
 # the network's kinds of calls, small; a plane of five chunks (4096 elements each) with a ragged
 # end; a batch of two; no activation; no affine parameters
@@ -26,22 +26,7 @@ CASES = [
                          ids=lambda d: str(d).split(".")[1])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])) + f"-affine{int(c[1])}-slope{c[2]}")
 def test_triton_forward_and_gradients_match_the_float64_reference(case, dtype, layout):
-    shape, affine, slope = case
-    x, weight, bias, grad = _inputs(shape, affine, dtype, layout)
-    fused = _run(lambda a, w, b, s: instance_norm_leaky_relu(a, w, b, negative_slope=s, backend="triton"),
-                 x, weight, bias, grad, slope, dtype)
-    rounded = [t.to(dtype).double() if t is not None else None for t in (x, weight, bias, grad)]
-    expected = _run(lambda a, w, b, s: instance_norm_leaky_relu_reference(a, w, b, 1e-5, s),
-                    *rounded, slope, torch.float64)
-    rtol, atol = TOLERANCE[dtype]
-    for name, got, want in zip(["y", "grad x", "grad weight", "grad bias"], fused, expected):
-        if want is None:
-            assert got is None
-            continue
-        assert got.dtype == dtype, name
-        scale = max(1.0, float(want.detach().abs().max()))
-        torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol * scale, msg=name)
-    assert fused[0].stride() == torch.empty_like(x.to(dtype)).stride()
+    check_backend_against_reference("triton", case, dtype, layout)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -56,26 +56,29 @@ def _run(fn, x, weight, bias, grad, slope, dtype):
                          ids=lambda d: str(d).split(".")[1])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])) + f"-affine{int(c[1])}-slope{c[2]}")
 def test_forward_and_gradients_match_the_float64_reference(case, dtype, layout):
+    check_backend_against_reference("cpu", case, dtype, layout)
+
+
+def check_backend_against_reference(backend, case, dtype, layout):
+    """y and every gradient of `backend` against the float64 reference on the same inputs (rounded to
+    dtype first, then float64: LeakyReLU's gradient jumps at 0, so an unrounded x could put a
+    voxel on the other side); y laid out like its input."""
     shape, affine, slope = case
     x, weight, bias, grad = _inputs(shape, affine, dtype, layout)
-    fused = _run(lambda a, w, b, s: instance_norm_leaky_relu(a, w, b, negative_slope=s, backend="cpu"),
+    fused = _run(lambda a, w, b, s: instance_norm_leaky_relu(a, w, b, negative_slope=s, backend=backend),
                  x, weight, bias, grad, slope, dtype)
-    # the oracle sees the inputs the op saw: rounded to dtype, then float64 (LeakyReLU's gradient
-    # jumps at 0, so an unrounded x could put a voxel on the other side)
     rounded = [t.to(dtype).double() if t is not None else None for t in (x, weight, bias, grad)]
     expected = _run(lambda a, w, b, s: instance_norm_leaky_relu_reference(a, w, b, 1e-5, s),
                     *rounded, slope, torch.float64)
     rtol, atol = TOLERANCE[dtype]
-    names = ["y", "grad x", "grad weight", "grad bias"]
-    for name, got, want in zip(names, fused, expected):
+    for name, got, want in zip(["y", "grad x", "grad weight", "grad bias"], fused, expected):
         if want is None:
             assert got is None
             continue
         assert got.dtype == dtype, name
         scale = max(1.0, float(want.detach().abs().max()))   # weight/bias grads are sums over many voxels
         torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol * scale, msg=name)
-    y = fused[0]
-    assert y.stride() == torch.empty_like(x.to(dtype)).stride()       # laid out like its input
+    assert fused[0].stride() == torch.empty_like(x.to(dtype)).stride()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

@@ -50,24 +50,35 @@ FUSIONSEG_NORM_INLINE T lrelu_factor(T z, T slope) {
   return z > T(0) ? T(1) : slope;
 }
 
-// sum(x - shift), sum((x - shift)^2) over n elements
-template <typename T>
-FUSIONSEG_NORM_INLINE void moments_contig(const T* __restrict x, int64_t n, T shift, double& sum, double& sq) {
+// (sum of first, sum of second) over i < n of terms(i) -> (first, second): T accumulators (vector
+// lanes) within a block of kBlock elements, double across blocks
+template <typename T, typename Terms>
+FUSIONSEG_NORM_INLINE void block_sums(int64_t n, Terms terms, double& sum_first, double& sum_second) {
   double s = 0, q = 0;
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
     T bs = 0, bq = 0;
 #pragma omp simd reduction(+ : bs, bq)
     for (int64_t i = start; i < end; ++i) {
-      const T v = x[i] - shift;
-      bs += v;
-      bq += v * v;
+      T first, second;
+      terms(i, first, second);
+      bs += first;
+      bq += second;
     }
     s += bs;
     q += bq;
   }
-  sum += s;
-  sq += q;
+  sum_first += s;
+  sum_second += q;
+}
+
+// sum(x - shift), sum((x - shift)^2) over n elements
+template <typename T>
+FUSIONSEG_NORM_INLINE void moments_contig(const T* __restrict x, int64_t n, T shift, double& sum, double& sq) {
+  block_sums<T>(n, [=](int64_t i, T& v, T& v2) {
+    v = x[i] - shift;
+    v2 = v * v;
+  }, sum, sq);
 }
 
 // y = lrelu(x * a + b); y may be x (the in-place op), hence no __restrict
@@ -84,22 +95,11 @@ FUSIONSEG_NORM_INLINE void apply_contig(const T* x, T* y, int64_t n, T a, T b, T
 template <typename T>
 FUSIONSEG_NORM_INLINE void grad_moments_contig(const T* __restrict dy, const T* __restrict x, int64_t n, T mean,
                                                T rstd, T w, T bias, T slope, double& sum_dz, double& sum_dz_xhat) {
-  double s = 0, q = 0;
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t end = std::min(n, start + kBlock);
-    T bs = 0, bq = 0;
-#pragma omp simd reduction(+ : bs, bq)
-    for (int64_t i = start; i < end; ++i) {
-      const T xhat = (x[i] - mean) * rstd;
-      const T dz = dy[i] * lrelu_factor(xhat * w + bias, slope);
-      bs += dz;
-      bq += dz * xhat;
-    }
-    s += bs;
-    q += bq;
-  }
-  sum_dz += s;
-  sum_dz_xhat += q;
+  block_sums<T>(n, [=](int64_t i, T& dz, T& dz_xhat) {
+    const T xhat = (x[i] - mean) * rstd;
+    dz = dy[i] * lrelu_factor(xhat * w + bias, slope);
+    dz_xhat = dz * xhat;
+  }, sum_dz, sum_dz_xhat);
 }
 
 // dx = k * (dz - c1 - xhat * c2), k = rstd * w, c1 = mean(dz), c2 = mean(dz * xhat)

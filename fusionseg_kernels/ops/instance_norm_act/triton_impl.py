@@ -99,26 +99,35 @@ def _apply_kernel(x_ptr, y_ptr, a_ptr, b_ptr, S, slope, CHUNK: tl.constexpr, BLO
 
 
 @triton.jit
-def _grad_moments_kernel(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, part_ptr, S, C, n_chunks, slope,
-                         CHUNK: tl.constexpr, BLOCK: tl.constexpr, IS_F64: tl.constexpr, WIDE: tl.constexpr):
+def _plane_coefficients(mean_ptr, rstd_ptr, w_ptr, b_ptr, C, WIDE: tl.constexpr):
+    """(plane, its mean, rstd, weight, bias) for this program."""
     plane = tl.program_id(0)
-    chunk = tl.program_id(1)
     if WIDE:
         plane = plane.to(tl.int64)
-    mean = tl.load(mean_ptr + plane)
-    rstd = tl.load(rstd_ptr + plane)
-    w = tl.load(w_ptr + plane % C)
-    b = tl.load(b_ptr + plane % C)
+    return (plane, tl.load(mean_ptr + plane), tl.load(rstd_ptr + plane), tl.load(w_ptr + plane % C),
+            tl.load(b_ptr + plane % C))
+
+
+@triton.jit
+def _dz_and_xhat(dy_ptr, x_ptr, offs, inside, mean, rstd, w, b, slope, IS_F64: tl.constexpr):
+    """dz = dy * lrelu'(z) and xhat at offs, z and xhat recomputed from x (0 outside)."""
+    xhat = (_acc(tl.load(x_ptr + offs, mask=inside, other=0), IS_F64) - mean) * rstd
+    g = _acc(tl.load(dy_ptr + offs, mask=inside, other=0), IS_F64)
+    dz = tl.where(inside, tl.where(xhat * w + b > 0, g, g * slope), 0)
+    return dz, xhat
+
+
+@triton.jit
+def _grad_moments_kernel(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, part_ptr, S, C, n_chunks, slope,
+                         CHUNK: tl.constexpr, BLOCK: tl.constexpr, IS_F64: tl.constexpr, WIDE: tl.constexpr):
+    plane, mean, rstd, w, b = _plane_coefficients(mean_ptr, rstd_ptr, w_ptr, b_ptr, C, WIDE)
+    chunk = tl.program_id(1)
     s = _acc(tl.zeros([BLOCK], tl.float32), IS_F64)
     q = _acc(tl.zeros([BLOCK], tl.float32), IS_F64)
     start = chunk * CHUNK
     for step in range(0, CHUNK, BLOCK):
         idx = start + step + tl.arange(0, BLOCK)
-        inside = idx < S
-        xhat = (_acc(tl.load(x_ptr + plane * S + idx, mask=inside, other=0), IS_F64) - mean) * rstd
-        g = _acc(tl.load(dy_ptr + plane * S + idx, mask=inside, other=0), IS_F64)
-        dz = tl.where(xhat * w + b > 0, g, g * slope)
-        dz = tl.where(inside, dz, 0)
+        dz, xhat = _dz_and_xhat(dy_ptr, x_ptr, plane * S + idx, idx < S, mean, rstd, w, b, slope, IS_F64)
         s += dz
         q += dz * xhat
     out = part_ptr + (plane * n_chunks + chunk) * 2
@@ -129,24 +138,15 @@ def _grad_moments_kernel(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, part_p
 @triton.jit
 def _grad_apply_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, c1_ptr, c2_ptr, S, C, slope,
                        CHUNK: tl.constexpr, BLOCK: tl.constexpr, IS_F64: tl.constexpr, WIDE: tl.constexpr):
-    plane = tl.program_id(0)
-    chunk = tl.program_id(1)
-    if WIDE:
-        plane = plane.to(tl.int64)
-    mean = tl.load(mean_ptr + plane)
-    rstd = tl.load(rstd_ptr + plane)
-    w = tl.load(w_ptr + plane % C)
-    b = tl.load(b_ptr + plane % C)
+    plane, mean, rstd, w, b = _plane_coefficients(mean_ptr, rstd_ptr, w_ptr, b_ptr, C, WIDE)
     c1 = tl.load(c1_ptr + plane)
     c2 = tl.load(c2_ptr + plane)
     k = rstd * w
-    start = chunk * CHUNK
+    start = tl.program_id(1) * CHUNK
     for step in range(0, CHUNK, BLOCK):
         idx = start + step + tl.arange(0, BLOCK)
         inside = idx < S
-        xhat = (_acc(tl.load(x_ptr + plane * S + idx, mask=inside, other=0), IS_F64) - mean) * rstd
-        g = _acc(tl.load(dy_ptr + plane * S + idx, mask=inside, other=0), IS_F64)
-        dz = tl.where(xhat * w + b > 0, g, g * slope)
+        dz, xhat = _dz_and_xhat(dy_ptr, x_ptr, plane * S + idx, inside, mean, rstd, w, b, slope, IS_F64)
         dx = k * (dz - c1 - xhat * c2)
         tl.store(dx_ptr + plane * S + idx, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
