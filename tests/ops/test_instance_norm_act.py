@@ -178,3 +178,22 @@ def test_backend_choice():
     assert op_prefix("auto", meta) is None
     with pytest.raises(BackendUnavailableError, match="the cpu backend takes CPU tensors"):
         op_prefix("cpu", meta)
+
+
+def test_torch_compile_fullgraph_traces_the_fused_norm_in_both_forms():
+    """A conv-norm-act layer under torch.compile(fullgraph=True): the backend choice is a constant
+    of the graph, the in-place form (no_grad) and the autograd form both trace, results as eager."""
+    from fusionseg_kernels.models.blocks import ConvNormAct
+
+    torch.manual_seed(0)
+    layer = ConvNormAct(torch.nn.Conv3d(2, 3, 3, padding=1), 3, 1e-5, True, 0.01, norm_backend="auto")
+    x = torch.randn(1, 2, 6, 8, 8)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-6, atol=1e-6)
+    xg = x.clone().requires_grad_()
+    compiled(xg).square().sum().backward()
+    xe = x.clone().requires_grad_()
+    layer.zero_grad()
+    layer(xe).square().sum().backward()
+    torch.testing.assert_close(xg.grad, xe.grad, rtol=1e-5, atol=1e-6)

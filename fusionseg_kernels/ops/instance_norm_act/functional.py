@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..._extension import extension_available
-from ..inception_dwconv3d.dispatch import BackendUnavailableError
+from ..inception_dwconv3d.dispatch import BackendUnavailableError, _assume_constant_result_when_compiling
 from .reference import instance_norm_leaky_relu_reference
 from .validation import check_args
 
@@ -15,12 +15,12 @@ from .validation import check_args
 BACKENDS = ("auto", "reference", "cpu", "triton")
 
 
-def _triton_usable(x: torch.Tensor) -> tuple[bool, str]:
+def _triton_usable(device_type: str) -> tuple[bool, str]:
     from ... import config
 
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and config.triton_interpret()):
+    if device_type != "cuda" and not (device_type == "cpu" and config.triton_interpret()):
         return False, (f"the triton backend takes CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), the "
-                       f"input is on {x.device}")
+                       f"input is on {device_type}")
     try:
         from . import triton_impl
     except ImportError as err:  # triton missing or too old
@@ -33,30 +33,45 @@ def op_prefix(backend: str, x: torch.Tensor) -> str | None:
     raises for an unknown name or a named backend that cannot run on x here."""
     if backend not in BACKENDS:
         raise ValueError(f"instance_norm_leaky_relu: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return _prefix_for(backend, x.device.type)
+
+
+def _prefix_for(backend: str, device_type: str) -> str | None:
+    """`op_prefix` on plain values, the chosen trio registered: under torch.compile it runs eagerly
+    and its result is a constant of the graph (no file access or registration in traced code)."""
+    prefix = _choose_prefix(backend, device_type)
+    if prefix is not None:
+        from .registration import register
+
+        register(prefix)
+    return prefix
+
+
+def _choose_prefix(backend: str, device_type: str) -> str | None:
     if backend == "reference":
         return None
     if backend == "cpu":
-        if x.device.type != "cpu":
+        if device_type != "cpu":
             raise BackendUnavailableError(f"instance_norm_leaky_relu: the cpu backend takes CPU tensors, the input is "
-                                          f"on {x.device}; use backend='auto' or 'reference'.")
+                                          f"on {device_type}; use backend='auto' or 'reference'.")
         if not extension_available():
             raise BackendUnavailableError("instance_norm_leaky_relu: the cpu backend needs the C++ extension, which "
                                           "is not built; use backend='reference'.")
         return ""
     if backend == "triton":
-        usable, why = _triton_usable(x)
+        usable, why = _triton_usable(device_type)
         if not usable:
             raise BackendUnavailableError(f"instance_norm_leaky_relu: {why}; use backend='auto' or 'reference'.")
         return "triton_"
-    if x.device.type == "cpu":
+    if device_type == "cpu":
         return "" if extension_available() else None
-    return "triton_" if x.device.type == "cuda" and _triton_usable(x)[0] else None
+    return "triton_" if device_type == "cuda" and _triton_usable(device_type)[0] else None
+
+
+_assume_constant_result_when_compiling(_prefix_for)
 
 
 def _op(prefix: str, suffix: str):
-    from .registration import register
-
-    register(prefix)
     return getattr(torch.ops.fusionseg, f"{prefix}instance_norm_leaky_relu{suffix}")
 
 
