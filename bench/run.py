@@ -12,13 +12,14 @@ and prints the report's path last. Sections:
   op          CPU: bench/bench_cpu_op.py (cpu, reference, torch.compile(reference));
               GPU: bench/bench_gpu_kernels.py (every built backend, reference, torch.compile)
   gpu_static  bench/gpu_static.py --json (static GPU report; predictions, no GPU needed)
-  network     bench/bench_network.py (inference forward and training step, reference vs fused)
+  network     bench/bench_network.py (inference forward and training step: reference, the fused op
+              only, op + fused norm, and channels_last)
   complexity  fusionseg complexity --json
   flare       fusionseg synth + fusionseg profile --per-case -- fusionseg predict, on synthetic
               cases, once per backend (reference and the fused ones)
   host_path   bench/bench_host_path.py: everything but the network of a 512x512x554 case, one
-              fusionseg predict process per run (fast and exact mode), nnUNetv2_predict as the anchor
-              (CPU; --full: the paper's eight sizes)
+              fusionseg predict process per run (fast and exact mode); --full: nnUNetv2_predict as the
+              anchor and the paper's eight sizes
 
 Default: the CPU op benchmark at 0.5 s per measurement, the static report for the three
 calls with x >= 32 MB in bf16, two small FLARE cases; on a GPU the quick kernel sweep. --full: full timing
@@ -214,10 +215,9 @@ def section_network(r: Runner, args, device: str, py: str) -> dict | None:
     if args.smoke:
         cmd += ["--smoke", "--threads", str(args.threads)]
     elif device == "cpu":
-        # channels_last (cpu-cl) is left to manual runs: measured slower, and it adds a quarter to
-        # the job (make bench stays within 10 minutes on a quiet 2-core machine)
-        cmd += ["--quick", "--repeats", "7", "--warmup", "2", "--threads", str(args.threads), "--keep-freed-memory",
-                "--variants", "cpu-op", "cpu"]
+        # the four variants (reference, cpu-op, cpu, cpu-cl) with 5 repeats after 1 warm-up, so that
+        # make bench stays within 10 minutes on a quiet 2-core machine
+        cmd += ["--quick", "--repeats", "5", "--warmup", "1", "--threads", str(args.threads), "--keep-freed-memory"]
     r.run("network", cmd, env=STABLE_THREADS if device == "cpu" else None)
     return load(out)
 
@@ -302,6 +302,8 @@ def section_host_path(r: Runner, args, device: str, py: str) -> dict | None:
         cmd += ["--sizes", "55", "--repeats", "1", "--no-anchor"]
     elif args.full:
         cmd += ["--full"]
+    else:   # nnUNetv2_predict's ~2 minutes on the 554-slice case only with --full (BENCHMARKS.md has its figure)
+        cmd += ["--no-anchor"]
     r.run("host_path", cmd)   # as a user runs it: no OpenMP spinning beside the reading and writing threads
     return load(out_json)
 
