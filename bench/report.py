@@ -332,7 +332,7 @@ def network_section(data: dict, plots: Path, run_quiet: bool = True) -> tuple[li
             body.append([case["case"], case["dtype"], b, f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
                          fmt(r.get("spread"), ".0%"), fmt(r.get("speedup_spread") if b != "reference" else None, ".0%"),
                          f"{r['speedup_vs_reference']:.2f}x{mark(stable_case)}", fmt(share, ".1%")])
-    out += table(["case", "dtype", "backend", "median s", "min s", "time spread", "speedup spread",
+    out += table(["case", "dtype", "variant", "median s", "min s", "time spread", "speedup spread",
                   "speedup (median)", "InceptionDWConv3d share (profiler)"], body)
     out += ["", "Spreads are (75th - 25th percentile) / median over the repeats; the speedup spread is that of "
             "the per-repeat ratios of the interleaved pairs, which decides whether a speedup is marked.",
