@@ -106,13 +106,21 @@ class ReadAhead:
         def check(header: ImageHeader) -> None:
             self.check_header(header)
             if previous is not None:
-                current = self.headers.get(wait_for)
-                alongside = self.memory_needed(current) if current is not None else 0
-                if self.memory_needed(header) + alongside > available_memory_bytes():
+                current = self.headers.get(wait_for) or self._peek_header(wait_for)
+                if current is None or self.memory_needed(header) + self.memory_needed(current) > \
+                        available_memory_bytes():
                     previous.wait()     # not both at once: read it when the case before is done
             self.headers[i] = header
 
         return run_in_thread(lambda: load_case(src, check), f"read {src.name}")
+
+    def _peek_header(self, i: int) -> ImageHeader | None:
+        """Case i's header when its own read has not reached it yet (the two reads run on separate
+        threads); None if it cannot be read, and then the caller waits for case i to be done."""
+        try:
+            return imageio.read_header(Path(self.sources[i]))
+        except Exception:   # that case's own read reports the problem
+            return None
 
     def cancel(self) -> None:
         """Lets waiting reads go (their results are dropped)."""

@@ -89,6 +89,14 @@ def test_a_case_that_does_not_fit_beside_the_current_one_is_read_after_it(setup,
         events.append(("segmented", src.name[:5], time.perf_counter()))
         return out
 
+    read_header = reading.imageio.read_header
+
+    def slow_first_header(path):   # case 1's read reaches its check before case 0's header is known
+        if path.name.startswith("case0"):
+            time.sleep(0.3)
+        return read_header(path)
+
+    monkeypatch.setattr(reading.imageio, "read_header", slow_first_header)
     monkeypatch.setattr(reading.imageio, "read_image", recording_read)
     monkeypatch.setattr(Predictor, "segment", recording_segment)
     results = predictor.predict_paths(sorted(setup["cases"].iterdir()), tmp_path / "out")
