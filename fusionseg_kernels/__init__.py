@@ -12,7 +12,7 @@ first used, so the command line starts without torch and a process pays only for
 """
 from __future__ import annotations
 
-import importlib
+from ._imports import lazy_exports
 
 from ._version import __version__
 
@@ -28,13 +28,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -46,3 +46,22 @@ def when_imported(name: str, callback: Callable[[], None]) -> None:
         callback()
     else:
         sys.meta_path.insert(0, _AfterImport(name, callback))
+
+
+def lazy_exports(package: str, namespace: dict, table: dict[str, str]):
+    """(__getattr__, __dir__) for a package whose public names are imported on first use (PEP 562):
+    `table` maps each name to the module (relative to `package`) that defines it; a name once
+    imported is kept in `namespace` (the package's globals)."""
+    import importlib
+
+    def __getattr__(name: str):
+        if name in table:
+            value = getattr(importlib.import_module(table[name], package), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(set(namespace) | set(table))
+
+    return __getattr__, __dir__

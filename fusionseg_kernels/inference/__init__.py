@@ -12,7 +12,7 @@ still being imported. See docs/inference.md.
 """
 from __future__ import annotations
 
-import importlib
+from .._imports import lazy_exports
 
 # public name -> the module that defines it
 _LAZY = {
@@ -27,13 +27,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
