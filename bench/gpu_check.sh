@@ -130,7 +130,7 @@ have_sanitizer() { [ "$DRY" != 1 ] && command -v compute-sanitizer >/dev/null; }
 # gradient against the float64 reference, fp32/fp64/fp16/bf16 cases) and a few GPU tests.
 NET_FIXTURE="tests/models/test_models.py::test_conformance_tiny_float32"  # the network on its conformance fixture
 TRITON_SUBSET="tests/ops/test_conformance.py $NET_FIXTURE tests/ops/test_edge_cases.py tests/ops/test_triton_op.py::test_gpu_float32_matches_reference tests/ops/test_triton_op.py::test_gpu_low_precision tests/ops/test_triton_norm_op.py"
-CUDA_SUBSET="tests/ops/test_conformance.py $NET_FIXTURE tests/ops/test_edge_cases.py"
+CUDA_SUBSET="tests/ops/test_conformance.py $NET_FIXTURE tests/ops/test_edge_cases.py tests/ops/test_cuda_norm_op.py"
 PYTEST_OPTS="-q -rs -p no:cacheprovider"
 
 # 1. build (background) while the Triton kernels compile and the Triton subset runs

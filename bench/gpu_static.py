@@ -263,6 +263,12 @@ CUDA_VECTORS_IN_FLIGHT = 4     # kVectorsInFlight: 16-byte staging, vectors per 
 CUDA_IDENTITY_128BIT_ACCESSES = 8  # identity_copy: 4 unrolled 16-byte loads and 4 stores
 
 
+#: the CUDA kernels of the fused InstanceNorm + LeakyReLU (csrc/ops/cuda/instance_norm_act_kernel.cu),
+#: the grad_ names first (each contains its forward counterpart's name)
+CUDA_NORM_KERNELS = ("grad_moments_kernel", "grad_statistics_kernel", "grad_apply_kernel", "moments_kernel",
+                     "statistics_kernel", "apply_kernel")
+
+
 def cuda_library():
     libs = sorted((ROOT / "fusionseg_kernels").glob("_C*.so"))
     return libs[0] if libs else None
@@ -288,7 +294,7 @@ def cuda_kernels(arch, lib, log):
                 demangled = _demangle(fn)
                 kind = next((k for k in ("idc_conv_kernel", "idc_backward_kernel",
                                          "idc_weight_grad_reduce_kernel", "idc_weight_grad_generic_kernel",
-                                         "idc_dx_kernel") if k in fn), None)
+                                         "idc_dx_kernel") + CUDA_NORM_KERNELS if k in fn), None)
                 if kind is None:
                     kind = (re.sub(r"^.*?(idc_\w+?kernel).*$", r"\1", demangled) if "idc_" in demangled
                             else demangled[:60])
@@ -298,6 +304,11 @@ def cuda_kernels(arch, lib, log):
                          "fp64" if rest.startswith("Id") else "fp32")
                 spec = ("strips" if "ConvSpecILi3ELi3ELi3E" in fn else
                         "generic" if "ConvSpec" in fn else "-")
+                if kind in CUDA_NORM_KERNELS:
+                    # the streaming kernels come as a 16-byte-vector and a scalar instance (template V)
+                    vector_size = re.search(r"Li(\d+)EE", rest[:40])
+                    spec = "-" if vector_size is None else "scalar" if vector_size.group(1) == "1" else "vector"
+                    kind = f"norm_{kind}"
                 stats = sass_stats(sass.get(fn, ""))
                 out.append(dict(kernel=kind, symbol=fn, dtype=dtype, spec=spec, **r, **stats))
         log(f"cuda {arch}: {len(out)} kernels in {lib.name}")
@@ -621,24 +632,27 @@ def norm_kernels(arch, dtype_name, cache, log):
     return out
 
 
-def norm_prediction(arch, dtype_name, shape, kernels, direction):
+def norm_prediction(arch, dtype_name, shape, kernels, direction, launch=None):
     """Predicted fraction of DRAM bandwidth of the norm's passes on one call: each pass streams
-    its |x|-sized tensors once; a program keeps one step (BLOCK elements of each tensor it reads)
+    its |x|-sized tensors once; a program keeps one step (`step` elements of each tensor it reads)
     in flight, so the resident programs sustain (CTA slots x bytes per step) / DRAM latency
-    (Little's law), capped by the copy ceiling."""
+    (Little's law), capped by the copy ceiling. `launch`: (warps, step, chunk) of the kernels,
+    by default the Triton kernels' (4 warps, BLOCK, CHUNK); `kernels` maps NORM_PASSES' names to
+    their compiled resources."""
     from fusionseg_kernels.ops.instance_norm_act import triton_impl as ni
 
+    warps, step, chunk = launch or (ni.NUM_WARPS, ni.BLOCK, ni.CHUNK)
     a = ARCHS[arch]
     elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
     x_bytes = math.prod(shape) * elt
     planes, per_plane = shape[0] * shape[1], math.prod(shape[2:])
-    programs = planes * math.ceil(per_plane / ni.CHUNK)
+    programs = planes * math.ceil(per_plane / chunk)
     passes = NORM_PASSES["forward"] + (NORM_PASSES["backward"] if direction == "forward+backward" else ())
     out, total_t, total_bytes = {"passes": {}, "config": {}}, 0.0, 0.0
     for name, reads, writes in passes:
         k = kernels[name]
-        ctas, _ = occupancy(arch, k["registers"], ni.NUM_WARPS, k["shared_bytes"])
-        step_bytes = reads * ni.BLOCK * elt
+        ctas, _ = occupancy(arch, k["registers"], warps, k["shared_bytes"])
+        step_bytes = reads * step * elt
         dram = (reads + writes) * x_bytes
         pred = _finish({"read_amplification": 1.0}, arch, dram, dram, dram, programs, ctas, ctas * step_bytes,
                        MODEL["dram_latency_s"], step_bytes, 0.0, reads / (reads + writes))
@@ -651,13 +665,38 @@ def norm_prediction(arch, dtype_name, shape, kernels, direction):
     return out
 
 
-def add_norm_report(report, seen, arch, dtypes, subset, cache, log):
+#: the CUDA norm kernels' launch (csrc/ops/cuda/instance_norm_act_kernel.cu: kThreads = 256, one
+#: 16-byte vector per thread and tensor in flight, kChunk = 4096): (warps, step elements, chunk)
+CUDA_NORM_THREADS, CUDA_NORM_CHUNK = 256, 4096
+
+
+def cuda_norm_kernels(cuda, dtype_name):
+    """NORM_PASSES' names -> the vector instances of the CUDA norm kernels in `dtype_name` (with
+    their shared memory under the key the model reads), from cuda_kernels()."""
+    found = {k["kernel"]: k for k in cuda if k["dtype"] == dtype_name and k["spec"] == "vector"}
+    return {name: dict(found[f"norm{name}"], shared_bytes=found[f"norm{name}"]["static_shared"])
+            for name, _, _ in NORM_PASSES["forward"] + NORM_PASSES["backward"] if f"norm{name}" in found}
+
+
+def cuda_norm_launch(dtype_name):
+    elt = torch.empty((), dtype=DTYPES[dtype_name]).element_size()
+    return CUDA_NORM_THREADS // 32, CUDA_NORM_THREADS * (16 // elt), CUDA_NORM_CHUNK
+
+
+def add_norm_report(report, seen, arch, dtypes, subset, cache, log, cuda=None):
     calls = norm_calls()
     if subset:
         calls = [c for c in calls if math.prod(c) * 2 >= TARGET_MIN_X_BYTES]
     from fusionseg_kernels.ops.instance_norm_act import triton_impl as ni
 
     for dt in dtypes:
+        cuda_norm = cuda_norm_kernels(cuda, dt) if cuda else {}
+        if len(cuda_norm) == len(NORM_PASSES["forward"] + NORM_PASSES["backward"]):
+            elt = torch.empty((), dtype=DTYPES[dt]).element_size()
+            for shape in calls:
+                for direction in ("forward", "forward+backward"):
+                    _add_pred(report, "cuda-norm", arch, dt, shape, math.prod(shape) * elt, direction,
+                              norm_prediction(arch, dt, shape, cuda_norm, direction, cuda_norm_launch(dt)))
         kernels = norm_kernels(arch, dt, cache, log)
         for name, k in kernels.items():
             _add_kernel(report, seen, "triton", f"norm{name}", arch, dt, {"BLOCK": ni.BLOCK, "CHUNK": ni.CHUNK},
@@ -705,7 +744,7 @@ def build_report(archs, dtypes, subset, log=print, cuda_lib=None):
                             w = 8
                             _add_kernel(report, seen, "cuda", k["kernel"], arch, dt, {"spec": k["spec"]},
                                         dict(k, num_warps=w, shared_bytes=k["static_shared"]))
-            add_norm_report(report, seen, arch, dtypes, subset, cache, log)
+            add_norm_report(report, seen, arch, dtypes, subset, cache, log, cuda)
     finally:
         CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
         CACHE_FILE.write_text(json.dumps(cache))

@@ -38,8 +38,11 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def norm_backend_for(backend: str) -> str:
     """The norm backend that goes with a network backend: PyTorch's InstanceNorm3d and LeakyReLU
-    for "reference", otherwise the fused op wherever it runs ("auto")."""
-    return "reference" if backend == "reference" else "auto"
+    for "reference", the C++ CUDA kernels for "cuda" (the same library as the op's), otherwise the
+    fused op wherever it runs ("auto")."""
+    if backend in ("reference", "cuda"):
+        return backend
+    return "auto"
 
 
 class ConvNormAct(nn.Module):
@@ -48,7 +51,7 @@ class ConvNormAct(nn.Module):
     ``conv`` is an ``nn.Conv3d`` or an ``InceptionDWConv3d`` (the released "CNA" layer, see
     `LayerFactory.released_layer`). Input (N, in, D, H, W) -> (N, out, D', H', W').
 
-    ``norm_backend`` ("auto", "reference", "cpu"): with "reference" the ``norm`` and ``act``
+    ``norm_backend`` ("auto", "reference", "cpu", "cuda", "triton"): with "reference" the ``norm`` and ``act``
     modules run as PyTorch's; otherwise norm and activation are one fused op
     (`instance_norm_leaky_relu`) with the same parameters, written into the conv's output where
     no gradient is recorded. The modules and the state dict are the same either way.

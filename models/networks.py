@@ -273,7 +273,7 @@ class _UNet(nn.Module):
 
     def set_backend(self, backend: str, *, norm_backend: str | None = None) -> "_UNet":
         """Sets the backend of every InceptionDWConv3d ("auto", "reference", "cpu", "cuda", "triton")
-        and of every InstanceNorm + LeakyReLU pair: ``norm_backend`` ("auto", "reference", "cpu"),
+        and of every InstanceNorm + LeakyReLU pair: ``norm_backend`` ("auto", "reference", "cpu", "cuda", "triton"),
         by default PyTorch's ops with "reference" and the fused op otherwise (`blocks.norm_backend_for`).
         A norm backend other than "reference" also makes the decoder write its transposed convs
         straight into the concatenations (`UNetDecoder.fused_upsampling`)."""

@@ -1,5 +1,6 @@
-"""Builds the emulated CUDA kernels (emulated_kernels.cpp) and checks them against the float64
-reference on small cases; prints one JSON line per case and a final summary line.
+"""Builds the emulated CUDA kernels (emulated_kernels.cpp: InceptionDWConv3d; emulated_norm_kernels.cpp:
+InstanceNorm + LeakyReLU) and checks them against the float64 reference on small cases; prints one
+JSON line per case and a final summary line.
 
 Run in its own process (tests/ops/test_cuda_emulation.py does): the library registers the fusionseg
 schemas, which must not meet the package's own extension in one process.
@@ -27,7 +28,9 @@ def build(build_dir: Path):
     build_dir.mkdir(parents=True, exist_ok=True)
     return load(
         name="fusionseg_cuda_emulation",
-        sources=[str(HERE / "emulated_kernels.cpp"), str(ROOT / "csrc" / "ops" / "inception_dwconv3d.cpp")],
+        sources=[str(HERE / "emulated_kernels.cpp"), str(HERE / "emulated_norm_kernels.cpp"),
+                 str(ROOT / "csrc" / "ops" / "inception_dwconv3d.cpp"),
+                 str(ROOT / "csrc" / "ops" / "instance_norm_act.cpp")],
         extra_include_paths=[str(ROOT / "csrc" / "include")],
         extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", "-fno-strict-aliasing"],
         extra_ldflags=["-lpthread"],
@@ -69,9 +72,52 @@ def run_case(case):
             "errors": {k: float(f"{v:.3e}") for k, v in errors.items()}, "failures": failures}
 
 
+def norm_cases():
+    """(name, check) for the InstanceNorm + LeakyReLU kernels: the CPU backend's conformance table in
+    every dtype, contiguous and channels_last (copied to NCDHW by the op), out of place under
+    autograd; the in-place op against the out-of-place one, bit for bit."""
+    from fusionseg_kernels.ops.instance_norm_act.registration import register
+    from tests.ops.test_instance_norm_act import CASES, _inputs, check_against_reference
+
+    register("")  # fake kernels and autograd of the C++ trio, whose kernels here are the emulated ones
+    ops = torch.ops.fusionseg
+
+    def out_of_place(a, w, b, s):
+        return ops.instance_norm_leaky_relu_forward(a, w, b, 1e-5, s)[0]
+
+    def in_place(dtype):
+        x, weight, bias, _ = _inputs((2, 5, 7, 9, 11), True, dtype, "contiguous")
+        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        expected = out_of_place(x, weight, bias, 0.05)
+        y = x.clone()
+        ops.instance_norm_leaky_relu_(y, weight, bias, 1e-5, 0.05)
+        assert torch.equal(y, expected), "the in-place op differs from the out-of-place op"
+
+    dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    for case in CASES:
+        for dtype in dtypes:
+            for layout in ("contiguous", "channels_last"):
+                name = f"norm {'x'.join(map(str, case[0]))} affine{int(case[1])} slope{case[2]} {dtype} {layout}"
+                yield name, (lambda c=case, d=dtype, lo=layout: check_against_reference(out_of_place, c, d, lo))
+    for dtype in dtypes:
+        yield f"norm in place {dtype}", (lambda d=dtype: in_place(d))
+
+
+def run_check(name, check):
+    t0 = time.time()
+    try:
+        check()
+        failures = []
+    except AssertionError as err:
+        failures = [str(err)[:2000]]
+    return {"case": name, "ok": not failures, "seconds": round(time.time() - t0, 2), "failures": failures}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build-dir", default=str(ROOT / "build" / "cuda-emulation"))
+    parser.add_argument("--ops", choices=("all", "inception", "norm"), default="all",
+                        help="which op's kernels to check (default: both)")
     opts = parser.parse_args()
     build(Path(opts.build_dir))
     torch.set_num_threads(1)
@@ -80,13 +126,19 @@ def main():
     sys.path.insert(0, str(ROOT))
     from fusionseg_kernels.testing import CONFORMANCE_CASES
 
-    cases = [c for c in CONFORMANCE_CASES if c.emulated]
-    failures = 0
+    cases = [c for c in CONFORMANCE_CASES if c.emulated] if opts.ops != "norm" else []
+    failures = count = 0
     for case in cases:
         res = run_case(case)
         failures += not res["ok"]
+        count += 1
         print(json.dumps(res), flush=True)
-    print(json.dumps({"summary": True, "cases": len(cases), "failures": failures}))
+    for name, check in norm_cases() if opts.ops != "inception" else ():
+        res = run_check(name, check)
+        failures += not res["ok"]
+        count += 1
+        print(json.dumps(res), flush=True)
+    print(json.dumps({"summary": True, "cases": count, "failures": failures}))
     return 1 if failures else 0
 
 

@@ -1,8 +1,10 @@
-"""The CUDA kernels' logic checked on the CPU: csrc/ops/cuda/inception_dwconv3d_kernel.cu compiled
-as C++ against a small CUDA execution model (tests/cuda_emulation/cuda_emulation.h: a block's
-threads are CPU threads, __syncthreads a barrier, shuffles exchanges between a warp's threads,
-shared memory NaN-filled before each block) and compared with the float64 reference for the
-forward output, dx and every weight and bias gradient.
+"""The CUDA kernels' logic checked on the CPU: csrc/ops/cuda/inception_dwconv3d_kernel.cu and
+instance_norm_act_kernel.cu compiled as C++ against a small CUDA execution model
+(tests/cuda_emulation/cuda_emulation.h: a block's threads are CPU threads, __syncthreads a barrier,
+shuffles exchanges between a warp's threads, shared memory NaN-filled before each block) and
+compared with the float64 reference for the forward output, dx and every weight and bias gradient
+(InceptionDWConv3d: the shared conformance table; InstanceNorm + LeakyReLU: the CPU backend's
+table in every dtype, contiguous and channels-last, and the in-place op).
 
 This verifies tiling, indexing, the synchronisation structure and the reductions of the very
 source that nvcc compiles; it does not verify behaviour only a GPU shows (races, the memory model,
@@ -34,4 +36,5 @@ def test_cuda_kernels_under_cpu_emulation_match_reference():
     bad = [r for r in lines[:-1] if not r["ok"]]
     assert not bad, "cases that do not match the reference:\n" + "\n".join(json.dumps(r) for r in bad)
     assert lines[-1]["cases"] == len(lines) - 1 >= 10
+    assert any(r["case"].startswith("norm ") for r in lines[:-1]), "the norm kernels were not checked"
     assert out.returncode == 0, out.stderr[-3000:]

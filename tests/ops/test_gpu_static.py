@@ -208,6 +208,34 @@ def test_cuda_kernels_use_no_local_memory(arch):
     assert not with_local, f"(kernel, dtype, spec, spill bytes, stack bytes): {with_local}"
 
 
+@pytest.mark.parametrize("arch", ["sm_89", "sm_90"])
+def test_cuda_norm_kernels_use_no_local_memory_and_stream_16_byte_vectors(arch):
+    """The fused norm's six CUDA kernels in every dtype: no local memory; the vector instances of
+    the four streaming kernels load (and the two that write, store) 16-byte vectors; a predicted
+    >= 80 % of DRAM bandwidth on the calls of at least 32 MB in bf16 (bf16 and fp32)."""
+    ks = [k for k in _cuda(arch) if k["kernel"].startswith("norm_")]
+    names = {k["kernel"] for k in ks}
+    assert names == {f"norm_{n}" for n in gs.CUDA_NORM_KERNELS}, names
+    streaming = ("norm_moments_kernel", "norm_apply_kernel", "norm_grad_moments_kernel", "norm_grad_apply_kernel")
+    for kernel in streaming:
+        assert {(k["dtype"], k["spec"]) for k in ks if k["kernel"] == kernel} == {
+            (dtype, spec) for dtype in ("fp32", "fp64", "fp16", "bf16") for spec in ("vector", "scalar")}, kernel
+    with_local = {(k["kernel"], k["dtype"], k["spec"]) for k in ks
+                  if k["spill_bytes"] or k["stack_bytes"] or k["local"] or k["ldl"]}
+    assert not with_local, f"(kernel, dtype, spec) with local memory: {with_local}"
+    narrow = {(k["kernel"], k["dtype"]) for k in ks
+              if k["kernel"] in streaming and k["spec"] == "vector" and not k["global_access_bits"]["128"]}
+    assert not narrow, f"vector instances without 16-byte accesses: {narrow}"
+    big = [s for s in gs.norm_calls() if math.prod(s) * 2 >= gs.TARGET_MIN_X_BYTES]
+    for dtype in ("bf16", "fp32"):
+        kernels = gs.cuda_norm_kernels(ks, dtype)
+        for shape in big:
+            for direction in ("forward", "forward+backward"):
+                fraction = gs.norm_prediction(arch, dtype, shape, kernels, direction,
+                                              gs.cuda_norm_launch(dtype))["predicted_fraction"]
+                assert fraction >= 0.8, f"{dtype} {shape} {direction}: predicted {fraction:.0%} of DRAM bandwidth"
+
+
 def test_report_has_the_documented_shape(tmp_path, cache):
     """bench/gpu_static.py --json writes exactly the documented keys (one small call)."""
     import json

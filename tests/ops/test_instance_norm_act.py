@@ -60,13 +60,19 @@ def test_forward_and_gradients_match_the_float64_reference(case, dtype, layout):
 
 
 def check_backend_against_reference(backend, case, dtype, layout):
-    """y and every gradient of `backend` against the float64 reference on the same inputs (rounded to
-    dtype first, then float64: LeakyReLU's gradient jumps at 0, so an unrounded x could put a
-    voxel on the other side); y laid out like its input."""
+    """y and every gradient of `backend` against the float64 reference (`check_against_reference`)."""
+    check_against_reference(lambda a, w, b, s: instance_norm_leaky_relu(a, w, b, negative_slope=s, backend=backend),
+                            case, dtype, layout)
+
+
+def check_against_reference(fn, case, dtype, layout):
+    """y and every gradient of fn(x, weight, bias, negative_slope) against the float64 reference on
+    the same inputs (rounded to dtype first, then float64: LeakyReLU's gradient jumps at 0, so an
+    unrounded x could put a voxel on the other side); y laid out like its input. Also used by the
+    CUDA emulation runner (tests/cuda_emulation/run_cases.py)."""
     shape, affine, slope = case
     x, weight, bias, grad = _inputs(shape, affine, dtype, layout)
-    fused = _run(lambda a, w, b, s: instance_norm_leaky_relu(a, w, b, negative_slope=s, backend=backend),
-                 x, weight, bias, grad, slope, dtype)
+    fused = _run(fn, x, weight, bias, grad, slope, dtype)
     rounded = [t.to(dtype).double() if t is not None else None for t in (x, weight, bias, grad)]
     expected = _run(lambda a, w, b, s: instance_norm_leaky_relu_reference(a, w, b, 1e-5, s),
                     *rounded, slope, torch.float64)
@@ -169,8 +175,10 @@ def test_backend_choice():
 
     x = torch.randn(1, 2, 3, 4, 5)
     assert op_prefix("auto", x) == "" and op_prefix("cpu", x) == "" and op_prefix("reference", x) is None
-    with pytest.raises(ValueError, match="backend must be one of auto, reference, cpu, triton"):
+    with pytest.raises(ValueError, match="backend must be one of auto, reference, cpu, cuda, triton"):
         op_prefix("fast", x)
+    with pytest.raises(BackendUnavailableError, match="the cuda backend takes CUDA tensors"):
+        instance_norm_leaky_relu(x, backend="cuda")
     if os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(BackendUnavailableError, match="the triton backend takes CUDA tensors"):
             instance_norm_leaky_relu(x, backend="triton")

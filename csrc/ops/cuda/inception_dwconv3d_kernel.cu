@@ -28,12 +28,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
-#ifndef FUSIONSEG_CUDA_EMULATION
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
-#endif
 
 #include <array>
 #include <cstdint>
@@ -44,22 +38,11 @@
 #include <string>
 #include <vector>
 
+#include "fusionseg/cuda_common.cuh"
 #include "fusionseg/inception_dwconv3d.h"
 #include "fusionseg/inception_dwconv3d_cuda_tiling.h"
 
-// FUSIONSEG_CUDA_EMULATION: tests/cuda_emulation compiles this file as C++ and runs each block's
-// threads as CPU threads (barriers for __syncthreads, exchanges for shuffles) to check the kernels'
-// logic on machines without a GPU. Only launches, dynamic shared memory and the runtime queries
-// differ between the two builds.
-#ifdef FUSIONSEG_CUDA_EMULATION
-#define FUSIONSEG_DYNAMIC_SMEM(name) unsigned char* name = ::fusionseg_emulation::dynamic_smem()
-#define FUSIONSEG_LAUNCH(kernel, blocks, smem, stream, ...) \
-  ::fusionseg_emulation::launch(kernel, blocks, kThreads, smem, __VA_ARGS__)
-#else
-#define FUSIONSEG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-#define FUSIONSEG_LAUNCH(kernel, blocks, smem, stream, ...) \
-  kernel<<<blocks, kThreads, smem, stream>>>(__VA_ARGS__)
-#endif
+// FUSIONSEG_CUDA_EMULATION (tests/cuda_emulation): see fusionseg/cuda_common.cuh.
 
 namespace fusionseg {
 
@@ -83,6 +66,7 @@ std::string cuda_build_info_json() {
 namespace {
 
 using namespace cuda_tiling;
+using namespace cuda_common;
 
 // ------------------------------------------------------------------ compile-time shapes
 // A group's kernel size, blocking axis and outputs per thread. KD == 0: sizes at run time.
@@ -121,13 +105,6 @@ constexpr std::array<std::array<int64_t, 3>, kNumConvGroups> kStripKernels = {
 bool uses_strip_kernels(const IdcConfig& cfg) { return cfg.kernel == kStripKernels; }
 
 // ------------------------------------------------------------------ device helpers
-template <typename Acc>
-__device__ __forceinline__ Acc warp_sum(Acc v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Where a block's tile lies: sample n, group channel j, tile index and origin.
 struct TileOrigin {
   int64_t n, j, tile, chan_offset;  // chan_offset: element offset of (n, channel) in NCDHW
@@ -820,12 +797,6 @@ std::array<at::Tensor, 2 * kNumConvGroups> weights_in_dtype(
   return keep;
 }
 
-#ifdef FUSIONSEG_CUDA_EMULATION
-int current_stream() { return 0; }
-#else
-c10::cuda::CUDAStream current_stream() { return c10::cuda::getCurrentCUDAStream(); }
-#endif
-
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t smem) {
 #ifdef FUSIONSEG_CUDA_EMULATION
@@ -835,12 +806,6 @@ void allow_smem(Kernel kernel, size_t smem) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
 #endif
-}
-
-bool is_aligned16(std::initializer_list<const void*> pointers) {
-  for (const void* p : pointers)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
 }
 
 // out = op(in): the forward (flip = false, with biases) or dx on the generic path (flip = true,
@@ -929,12 +894,6 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
 // ------------------------------------------------------------------ op entry points
 // poison() and match_layout() (the output laid out like empty_like(x)) are shared with the CPU
 // kernels: fusionseg/inception_dwconv3d.h, defined in ops/inception_dwconv3d.cpp.
-
-#ifdef FUSIONSEG_CUDA_EMULATION
-#define FUSIONSEG_DEVICE_GUARD(x) (void)0
-#else
-#define FUSIONSEG_DEVICE_GUARD(x) const c10::cuda::CUDAGuard device_guard((x).device())
-#endif
 
 void check_cuda_input(const at::Tensor& x) {
 #ifndef FUSIONSEG_CUDA_EMULATION

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from ..._extension import extension_available
+from ..._extension import extension_available, has_cuda_kernels
 from ..inception_dwconv3d.dispatch import BackendUnavailableError, _assume_constant_result_when_compiling
 from .reference import instance_norm_leaky_relu_reference
 from .validation import check_args
 
-#: "auto": the fused CPU kernel for CPU tensors when the C++ extension is built, the Triton
-#: kernels for CUDA tensors when Triton imports, PyTorch's ops otherwise; "reference": PyTorch's
-#: ops; "cpu": the fused CPU kernel; "triton": the Triton kernels (CUDA tensors, or CPU tensors
-#: under TRITON_INTERPRET=1). A named backend that cannot run here is refused.
-BACKENDS = ("auto", "reference", "cpu", "triton")
+#: "auto": the fused CPU kernel for CPU tensors when the C++ extension is built; for CUDA tensors
+#: the Triton kernels when Triton imports, else the CUDA kernels when the extension has them
+#: (InceptionDWConv3d's order until a GPU measurement says otherwise); PyTorch's ops otherwise.
+#: "reference": PyTorch's ops; "cpu": the fused CPU kernel; "cuda": the fused CUDA kernels (C++);
+#: "triton": the Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1). A named
+#: backend that cannot run here is refused.
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
 
 def _triton_usable(device_type: str) -> tuple[bool, str]:
@@ -58,6 +60,14 @@ def _choose_prefix(backend: str, device_type: str) -> str | None:
             raise BackendUnavailableError("instance_norm_leaky_relu: the cpu backend needs the C++ extension, which "
                                           "is not built; use backend='reference'.")
         return ""
+    if backend == "cuda":
+        if device_type != "cuda":
+            raise BackendUnavailableError(f"instance_norm_leaky_relu: the cuda backend takes CUDA tensors, the input "
+                                          f"is on {device_type}; use backend='auto' or 'reference'.")
+        if not has_cuda_kernels():
+            raise BackendUnavailableError("instance_norm_leaky_relu: the cuda backend needs the C++ extension built "
+                                          "with its CUDA kernels, which this build lacks; use backend='auto'.")
+        return ""
     if backend == "triton":
         usable, why = _triton_usable(device_type)
         if not usable:
@@ -65,7 +75,11 @@ def _choose_prefix(backend: str, device_type: str) -> str | None:
         return "triton_"
     if device_type == "cpu":
         return "" if extension_available() else None
-    return "triton_" if device_type == "cuda" and _triton_usable(device_type)[0] else None
+    if device_type != "cuda":
+        return None
+    if _triton_usable(device_type)[0]:
+        return "triton_"
+    return "" if has_cuda_kernels() else None
 
 
 _assume_constant_result_when_compiling(_prefix_for)

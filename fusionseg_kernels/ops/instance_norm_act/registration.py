@@ -1,5 +1,6 @@
 """Python-side registration of the op trios fusionseg::instance_norm_leaky_relu_{forward,backward,_}
-(C++: the cpu backend) and fusionseg::triton_instance_norm_leaky_relu_{forward,backward,_} (Triton,
+(C++: the cpu backend's kernels for CPU tensors, the cuda backend's for CUDA tensors) and
+fusionseg::triton_instance_norm_leaky_relu_{forward,backward,_} (Triton,
 triton_impl.py), which share their schemas: fake kernels (torch.compile, FakeTensor, the meta
 device) and autograd.
 
