@@ -517,3 +517,32 @@ def test_fused_upsampling_matches_conv_transpose_then_cat(layout, bias):
     grad = torch.arange(out.numel(), dtype=torch.float64).view_as(out).sin()
     for g, r in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(up(x), params, grad)):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+def test_the_first_layer_runs_on_onednn_in_inference_and_as_pytorch_in_training():
+    """A 1-channel Conv3d (the networks' first layer), which PyTorch's CPU heuristic sends to
+    slow_conv3d, runs through oneDNN on the fused path in inference (same values), and as
+    nn.Conv3d where autograd records or with PyTorch's norms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fusionseg_kernels.models.blocks import ConvNormAct
+
+    torch.manual_seed(0)
+    fused = ConvNormAct(torch.nn.Conv3d(1, 4, 3, padding=1), 4, 1e-5, True, 0.01, norm_backend="auto")
+    plain = ConvNormAct(fused.conv, 4, 1e-5, True, 0.01, norm_backend="reference")
+    plain.norm.load_state_dict(fused.norm.state_dict())
+    x = torch.randn(1, 1, 6, 8, 10)
+
+    def convs(layer, grad):
+        with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = layer(x)
+        return y, {e.name for e in prof.events() if "conv" in e.name}
+
+    y, names = convs(fused, grad=False)
+    assert "aten::mkldnn_convolution" in names and "aten::conv3d" not in names, names
+    assert "aten::slow_conv3d_forward" not in names, names
+    expected, names = convs(plain, grad=False)
+    assert "aten::conv3d" in names, names
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    y, names = convs(fused, grad=True)
+    assert "aten::conv3d" in names and y.grad_fn is not None, names
