@@ -10,6 +10,7 @@ Two measurements per shape, each side interleaved with the other, medians of the
 Usage:
     python -m bench.bench_norm --threads 1 --keep-freed-memory
     python -m bench.bench_norm --smoke            # seconds: the shapes divided by 8
+    python -m bench.bench_norm --threads 1 --keep-freed-memory --epilogue-bound
 Results: --out FILE, by default bench/results/local/norm_cpu_<UTC time>.json.
 """
 from __future__ import annotations
@@ -27,9 +28,10 @@ from bench.harness import default_out, environment, geomean, reexec_keeping_free
 from bench.machine import MachineMonitor, geomean_spread, interleaved, judge, paired_ratios
 
 
-def network_norm_calls(scale: int = 1) -> list[tuple[tuple[int, ...], float, int]]:
+def network_norm_calls(scale: int = 1, only=None) -> list[tuple[tuple[int, ...], float, int]]:
     """[(x shape, negative_slope (1.0: no activation), calls)] of the released DualBranchUNet's
-    InstanceNorm3d calls at 96x128x128, traced on the meta device; `scale` divides the sizes."""
+    InstanceNorm3d calls at 96x128x128, traced on the meta device; `scale` divides the sizes;
+    `only(conv_norm_act)` keeps the calls of the layers it accepts."""
     from fusionseg_kernels.models import DualBranchUNet
     from fusionseg_kernels.models.blocks import ConvNormAct
 
@@ -42,7 +44,7 @@ def network_norm_calls(scale: int = 1) -> list[tuple[tuple[int, ...], float, int
         calls[(tuple(args[0].shape), slope)] += 1
 
     for m in model.modules():
-        if isinstance(m, ConvNormAct):
+        if isinstance(m, ConvNormAct) and (only is None or only(m)):
             m.norm.register_forward_hook(lambda norm, a, o, cna=m: record(cna, a, o))
     with torch.no_grad():
         model(torch.empty(1, 1, 96, 128, 128, device="meta"))
@@ -89,6 +91,42 @@ def time_shape(shape, slope, repeats, gen):
     return fwd, train
 
 
+def epilogue_bound(repeats: int, gen) -> dict:
+    """What statistics from InceptionDWConv3d's epilogue could save at most: on the norms that
+    follow an InceptionDWConv3d, the fused in-place norm (two passes) against an in-place
+    LeakyReLU on the same tensor (one read and one write, the apply pass's traffic), interleaved;
+    the difference is the statistics pass."""
+    from fusionseg_kernels.ops.instance_norm_act import instance_norm_leaky_relu_
+
+    rows, total_norm, total_stats = [], 0.0, 0.0
+    for shape, slope, n in network_norm_calls(only=lambda layer: layer.is_inception):
+        x = torch.randn(shape, generator=gen)
+        work = x.clone()
+
+        def norm():
+            work.copy_(x)
+            with torch.no_grad():
+                instance_norm_leaky_relu_(work, negative_slope=slope, backend="cpu")
+
+        def one_pass():
+            work.copy_(x)   # the same copy on both sides
+            F.leaky_relu_(work, 0.01)
+
+        t = interleaved({"norm": norm, "apply_pass_traffic": one_pass}, repeats)
+        copy = interleaved({"copy": lambda: work.copy_(x)}, repeats)["copy"].median
+        norm_s, pass_s = t["norm"].median - copy, t["apply_pass_traffic"].median - copy
+        rows.append({"shape": list(shape), "negative_slope": slope, "calls": n, "norm_s": norm_s,
+                     "one_pass_s": pass_s, "statistics_pass_s": max(0.0, norm_s - pass_s),
+                     "norm": t["norm"].as_dict(), "one_pass": t["apply_pass_traffic"].as_dict()})
+        total_norm += n * norm_s
+        total_stats += n * rows[-1]["statistics_pass_s"]
+        print(f"{str(tuple(shape)):<24} x{n}  norm {1e3 * norm_s:7.2f} ms, one pass {1e3 * pass_s:7.2f} ms, "
+              f"statistics pass ~{1e3 * rows[-1]['statistics_pass_s']:6.2f} ms", flush=True)
+    print(f"{sum(r['calls'] for r in rows)} norms after an InceptionDWConv3d: {total_norm:.3f} s in the fused "
+          f"norm, of which {total_stats:.3f} s in statistics passes (the most epilogue statistics could save)")
+    return {"rows": rows, "norm_s": total_norm, "statistics_passes_s": total_stats}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -96,6 +134,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="the shapes divided by 8, 2 repeats")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="re-run with glibc keeping freed memory (as the network benchmark)")
+    p.add_argument("--epilogue-bound", action="store_true",
+                   help="instead: the time of the statistics passes of the norms that follow an InceptionDWConv3d "
+                        "(what statistics from the op's epilogue could save at most)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.smoke:
@@ -114,9 +155,21 @@ def main(argv=None) -> int:
     if not extension_available():
         print("the C++ extension is not built: nothing to compare", file=sys.stderr)
         return 2
+    gen = torch.Generator().manual_seed(0)
+    if args.epilogue_bound:
+        with MachineMonitor(f"norm epilogue bound, {torch.get_num_threads()} threads") as monitor:
+            bound = epilogue_bound(args.repeats, gen)
+        result = {"benchmark": "instance_norm_leaky_relu epilogue bound", "environment": environment("cpu"),
+                  "settings": {"threads": torch.get_num_threads(), "repeats": args.repeats, "dtype": "float32"},
+                  **bound, "machine": monitor.record, "verdict": judge([monitor.record], [])}
+        if not result["verdict"]["quiet"]:
+            print(f"UNRELIABLE: {'; '.join(result['verdict']['reasons'])}")
+        out = args.out or default_out("norm_epilogue_bound_cpu")
+        write_json(out, result)
+        print(f"wrote {out}")
+        return 0
     calls = network_norm_calls(8 if args.smoke else 1)
     rows = []
-    gen = torch.Generator().manual_seed(0)
     with MachineMonitor(f"norm, {torch.get_num_threads()} threads") as monitor:
         for shape, slope, n in calls:
             fwd, train = time_shape(shape, slope, args.repeats, gen)

@@ -64,6 +64,9 @@ class ConvNormAct(nn.Module):
         self.norm = nn.InstanceNorm3d(channels, eps=norm_eps, affine=norm_affine)
         self.act = nn.LeakyReLU(negative_slope, inplace=True) if negative_slope is not None else None
         self.norm_backend = norm_backend
+        #: in inference on the fused path, a 1-channel Conv3d runs through oneDNN
+        #: (`single_channel_conv_misses_onednn`); off where a FLOP counter must see nn.Conv3d's op
+        self.onednn_single_channel = True
 
     @property
     def norm_backend(self) -> str:
@@ -80,7 +83,8 @@ class ConvNormAct(nn.Module):
         return isinstance(self.conv, InceptionDWConv3d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm_backend != "reference" and single_channel_conv_misses_onednn(self.conv, x):
+        if (self.onednn_single_channel and self.norm_backend != "reference"
+                and single_channel_conv_misses_onednn(self.conv, x)):
             x = onednn_conv3d(self.conv, x)
         else:
             x = self.conv(x)

@@ -116,9 +116,10 @@ def measure(network: str | _UNet, patch=PATCH, counter: str = "fused") -> Comple
     with mode:
         with torch.device(device):
             model = cls(backend=backend, **config)
-            # the same MACs, but attributed to the ConvTranspose3d modules (the fused form runs
-            # their matmul outside their forward, where the counter cannot see whose it is)
-            model.decoder.fused_upsampling = False
+            # the same MACs, but attributed to the modules that own them (the fused upsampling runs
+            # the ConvTranspose3d's matmul outside its forward, where the counter cannot see whose
+            # it is; oneDNN's convolution op is not one the counter counts)
+            model.use_inference_shortcuts(False)
             x = torch.empty(1, model.input_channels, *patch)
         layers = _leaf_layers(model)
         with torch.no_grad(), FlopCounterMode(display=False) as flop_counter:

@@ -282,9 +282,21 @@ class _UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, ConvNormAct):
                 m.norm_backend = norm_backend
-        self.decoder.fused_upsampling = norm_backend != "reference"
+        self.use_inference_shortcuts(norm_backend != "reference")
         for m in self.inception_layers():
             m.backend = backend
+        return self
+
+    def use_inference_shortcuts(self, enabled: bool) -> "_UNet":
+        """Whether inference (no gradient recorded) on the fused path takes the shortcuts around
+        PyTorch's modules that compute the same sums: the decoder's fused upsampling
+        (`UNetDecoder.fused_upsampling`) and the 1-channel first layer through oneDNN
+        (`ConvNormAct.onednn_single_channel`). On by default with fused norms; off where a FLOP
+        counter must attribute every op to its module (models/complexity.py)."""
+        self.decoder.fused_upsampling = enabled
+        for m in self.modules():
+            if isinstance(m, ConvNormAct):
+                m.onednn_single_channel = enabled
         return self
 
     @property
