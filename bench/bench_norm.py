@@ -91,37 +91,44 @@ def time_shape(shape, slope, repeats, gen):
     return fwd, train
 
 
-def epilogue_bound(repeats: int, gen) -> dict:
-    """What statistics from InceptionDWConv3d's epilogue could save at most: on the norms that
-    follow an InceptionDWConv3d, the fused in-place norm (two passes) against an in-place
-    LeakyReLU on the same tensor (one read and one write, the apply pass's traffic), interleaved;
-    the difference is the statistics pass."""
+def time_statistics_pass(shape, slope, repeats, gen) -> dict:
+    """The fused in-place norm (two passes) against an in-place LeakyReLU on the same tensor (one
+    read and one write: the apply pass's traffic), interleaved, each less the copy that restores
+    the input; the difference is the statistics pass."""
     from fusionseg_kernels.ops.instance_norm_act import instance_norm_leaky_relu_
 
+    x = torch.randn(shape, generator=gen)
+    work = x.clone()
+
+    def norm():
+        work.copy_(x)
+        with torch.no_grad():
+            instance_norm_leaky_relu_(work, negative_slope=slope, backend="cpu")
+
+    def one_pass():
+        work.copy_(x)   # the same copy on both sides
+        F.leaky_relu_(work, 0.01)
+
+    t = interleaved({"norm": norm, "apply_pass_traffic": one_pass}, repeats)
+    copy = interleaved({"copy": lambda: work.copy_(x)}, repeats)["copy"].median
+    norm_s, pass_s = t["norm"].median - copy, t["apply_pass_traffic"].median - copy
+    return {"shape": list(shape), "negative_slope": slope, "norm_s": norm_s, "one_pass_s": pass_s,
+            "statistics_pass_s": max(0.0, norm_s - pass_s), "norm": t["norm"].as_dict(),
+            "one_pass": t["apply_pass_traffic"].as_dict()}
+
+
+def epilogue_bound(repeats: int, gen, scale: int = 1) -> dict:
+    """What statistics from InceptionDWConv3d's epilogue could save at most: the statistics passes
+    (`time_statistics_pass`) of the norms that follow an InceptionDWConv3d."""
     rows, total_norm, total_stats = [], 0.0, 0.0
-    for shape, slope, n in network_norm_calls(only=lambda layer: layer.is_inception):
-        x = torch.randn(shape, generator=gen)
-        work = x.clone()
-
-        def norm():
-            work.copy_(x)
-            with torch.no_grad():
-                instance_norm_leaky_relu_(work, negative_slope=slope, backend="cpu")
-
-        def one_pass():
-            work.copy_(x)   # the same copy on both sides
-            F.leaky_relu_(work, 0.01)
-
-        t = interleaved({"norm": norm, "apply_pass_traffic": one_pass}, repeats)
-        copy = interleaved({"copy": lambda: work.copy_(x)}, repeats)["copy"].median
-        norm_s, pass_s = t["norm"].median - copy, t["apply_pass_traffic"].median - copy
-        rows.append({"shape": list(shape), "negative_slope": slope, "calls": n, "norm_s": norm_s,
-                     "one_pass_s": pass_s, "statistics_pass_s": max(0.0, norm_s - pass_s),
-                     "norm": t["norm"].as_dict(), "one_pass": t["apply_pass_traffic"].as_dict()})
-        total_norm += n * norm_s
-        total_stats += n * rows[-1]["statistics_pass_s"]
-        print(f"{str(tuple(shape)):<24} x{n}  norm {1e3 * norm_s:7.2f} ms, one pass {1e3 * pass_s:7.2f} ms, "
-              f"statistics pass ~{1e3 * rows[-1]['statistics_pass_s']:6.2f} ms", flush=True)
+    for shape, slope, n in network_norm_calls(scale, only=lambda layer: layer.is_inception):
+        row = dict(time_statistics_pass(shape, slope, repeats, gen), calls=n)
+        rows.append(row)
+        total_norm += n * row["norm_s"]
+        total_stats += n * row["statistics_pass_s"]
+        print(f"{str(tuple(shape)):<24} x{n}  norm {1e3 * row['norm_s']:7.2f} ms, one pass "
+              f"{1e3 * row['one_pass_s']:7.2f} ms, statistics pass ~{1e3 * row['statistics_pass_s']:6.2f} ms",
+              flush=True)
     print(f"{sum(r['calls'] for r in rows)} norms after an InceptionDWConv3d: {total_norm:.3f} s in the fused "
           f"norm, of which {total_stats:.3f} s in statistics passes (the most epilogue statistics could save)")
     return {"rows": rows, "norm_s": total_norm, "statistics_passes_s": total_stats}
@@ -158,7 +165,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     if args.epilogue_bound:
         with MachineMonitor(f"norm epilogue bound, {torch.get_num_threads()} threads") as monitor:
-            bound = epilogue_bound(args.repeats, gen)
+            bound = epilogue_bound(args.repeats, gen, 8 if args.smoke else 1)
         result = {"benchmark": "instance_norm_leaky_relu epilogue bound", "environment": environment("cpu"),
                   "settings": {"threads": torch.get_num_threads(), "repeats": args.repeats, "dtype": "float32"},
                   **bound, "machine": monitor.record, "verdict": judge([monitor.record], [])}

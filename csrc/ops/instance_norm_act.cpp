@@ -37,6 +37,11 @@ void check_instance_norm_act_args(const at::Tensor& x, const std::optional<at::T
   }
 }
 
+void check_instance_norm_act_backward_args(const at::Tensor& grad_y, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "instance_norm_leaky_relu_backward: grad_y has shape ",
+                    grad_y.sizes(), " but x has shape ", x.sizes());
+}
+
 }  // namespace fusionseg
 
 TORCH_LIBRARY_FRAGMENT(fusionseg, m) {

@@ -112,6 +112,28 @@ def test_cpu_op_smoke_marks_cache_resident_calls(tmp_path):
     assert "python -m bench.bench_cpu_op --smoke" in env["command"] and env["commit"]
 
 
+@pytest.mark.skipif(not __import__("fusionseg_kernels").extension_available(), reason="the C++ extension is not built")
+def test_norm_benchmark_smoke_times_every_call_and_the_epilogue_bound(tmp_path):
+    """bench.bench_norm --smoke: the network's 39 norm calls (10 shapes); --epilogue-bound: the 28
+    that follow an InceptionDWConv3d, each statistics pass = the norm less the one-pass time."""
+    for extra, name in (([], "norm.json"), (["--epilogue-bound"], "bound.json")):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "bench.bench_norm", "--smoke", "--threads", "1", *extra,
+                               "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = json.loads(out.read_text())
+        assert data["verdict"]["quiet"] in (True, False)
+        if not extra:
+            assert sum(r["calls"] for r in data["rows"]) == 39
+            assert set(data["summary"]) == {"forward", "forward_backward"}
+        else:
+            assert sum(r["calls"] for r in data["rows"]) == 28
+            for r in data["rows"]:
+                assert r["statistics_pass_s"] == pytest.approx(max(0.0, r["norm_s"] - r["one_pass_s"]))
+            assert data["statistics_passes_s"] == pytest.approx(
+                sum(r["calls"] * r["statistics_pass_s"] for r in data["rows"]))
+
+
 def test_benchmark_suite_is_separate_from_tests():
     import tomllib
 

@@ -4,8 +4,10 @@
 //
 // FUSIONSEG_CUDA_EMULATION: tests/cuda_emulation compiles a .cu file as C++ and runs each block's
 // threads as CPU threads (barriers for __syncthreads, exchanges for shuffles) to check the kernels'
-// logic on machines without a GPU. Only launches, dynamic shared memory and the runtime queries
-// differ between the two builds. FUSIONSEG_LAUNCH launches with the caller's `kThreads`.
+// logic on machines without a GPU. Only launches, dynamic shared memory, the runtime queries and
+// the dispatch key differ between the two builds. FUSIONSEG_LAUNCH launches with the caller's
+// `kThreads`; a kernel name with template arguments must be given as one token (a variable
+// holding the instance), or the macro splits it at the comma.
 #pragma once
 
 #include <cstdint>
@@ -23,11 +25,15 @@
 #define FUSIONSEG_LAUNCH(kernel, blocks, smem, stream, ...) \
   ::fusionseg_emulation::launch(kernel, blocks, kThreads, smem, __VA_ARGS__)
 #define FUSIONSEG_DEVICE_GUARD(x) (void)0
+// The emulation library holds no CPU kernel: its CPU key runs the kernels on CPU threads.
+#define FUSIONSEG_KERNELS_DISPATCH_KEY CPU
 #else
 #define FUSIONSEG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #define FUSIONSEG_LAUNCH(kernel, blocks, smem, stream, ...) \
   kernel<<<blocks, kThreads, smem, stream>>>(__VA_ARGS__)
 #define FUSIONSEG_DEVICE_GUARD(x) const c10::cuda::CUDAGuard device_guard((x).device())
+// The key the kernels of a .cu file register under (TORCH_LIBRARY_IMPL(fusionseg, <this>, m)).
+#define FUSIONSEG_KERNELS_DISPATCH_KEY CUDA
 #endif
 
 namespace fusionseg {

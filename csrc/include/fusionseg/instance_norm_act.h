@@ -11,4 +11,7 @@ namespace fusionseg {
 void check_instance_norm_act_args(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                   const std::optional<at::Tensor>& bias, double eps);
 
+// The backward's: grad_y has x's shape.
+void check_instance_norm_act_backward_args(const at::Tensor& grad_y, const at::Tensor& x);
+
 }  // namespace fusionseg

@@ -587,8 +587,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
                                                             const std::optional<at::Tensor>& weight,
                                                             const std::optional<at::Tensor>& bias,
                                                             double negative_slope) {
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "instance_norm_leaky_relu_backward: grad_y has shape ",
-                    grad_y.sizes(), " but x has shape ", x.sizes());
+  check_instance_norm_act_backward_args(grad_y, x);
   const bool cl = is_channels_last(x);
   const at::ScalarType ct = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor xc = in_layout(x, ct, cl), gc = in_layout(grad_y, ct, cl);

@@ -989,12 +989,7 @@ backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& c
 }  // namespace
 }  // namespace fusionseg
 
-#ifdef FUSIONSEG_CUDA_EMULATION
-// The emulation library holds no CPU kernel: its CPU key runs these kernels on CPU threads.
-TORCH_LIBRARY_IMPL(fusionseg, CPU, m) {
-#else
-TORCH_LIBRARY_IMPL(fusionseg, CUDA, m) {
-#endif
+TORCH_LIBRARY_IMPL(fusionseg, FUSIONSEG_KERNELS_DISPATCH_KEY, m) {
   m.impl("inception_dwconv3d_forward", &fusionseg::forward_cuda);
   m.impl("inception_dwconv3d_backward", &fusionseg::backward_cuda);
 }

@@ -94,10 +94,10 @@ __device__ __forceinline__ ChunkOf chunk_of_block(int64_t S, int64_t chunks) {
   return o;
 }
 
-// (sum of s, sum of q) over the block's threads, on thread 0: warps by butterfly, then the warps'
-// sums in warp order.
+// (sum of s, sum of q) over the block's threads into partials[2 * block], [2 * block + 1]: warps
+// by butterfly, then the warps' sums in warp order by thread 0.
 template <typename Acc>
-__device__ __forceinline__ void block_sums(Acc& s, Acc& q) {
+__device__ __forceinline__ void write_block_sums(Acc s, Acc q, Acc* __restrict__ partials) {
   __shared__ Acc warp_s[kWarps], warp_q[kWarps];
   s = warp_sum(s);
   q = warp_sum(q);
@@ -114,6 +114,8 @@ __device__ __forceinline__ void block_sums(Acc& s, Acc& q) {
       s += warp_s[w];
       q += warp_q[w];
     }
+    partials[2 * int64_t(blockIdx.x)] = s;
+    partials[2 * int64_t(blockIdx.x) + 1] = q;
   }
 }
 
@@ -137,11 +139,7 @@ __global__ void __launch_bounds__(kThreads)
       q += d * d;
     }
   }
-  block_sums(s, q);
-  if (threadIdx.x == 0) {
-    partials[2 * int64_t(blockIdx.x)] = s;
-    partials[2 * int64_t(blockIdx.x) + 1] = q;
-  }
+  write_block_sums(s, q, partials);
 }
 
 // One thread per plane: mean, rstd and the plane's affine coefficients a, b of y = lrelu(x * a + b).
@@ -240,11 +238,7 @@ __global__ void __launch_bounds__(kThreads)
       q += dz * xhat;
     }
   }
-  block_sums(s, q);
-  if (threadIdx.x == 0) {
-    partials[2 * int64_t(blockIdx.x)] = s;
-    partials[2 * int64_t(blockIdx.x) + 1] = q;
-  }
+  write_block_sums(s, q, partials);
 }
 
 // One thread per channel: per plane (n, c) mean(dz) and mean(dz * xhat) (c1, c2); per channel,
@@ -480,8 +474,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
                                                              const std::optional<at::Tensor>& weight,
                                                              const std::optional<at::Tensor>& bias,
                                                              double negative_slope) {
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "instance_norm_leaky_relu_backward: grad_y has shape ",
-                    grad_y.sizes(), " but x has shape ", x.sizes());
+  check_instance_norm_act_backward_args(grad_y, x);
   check_cuda_input(x);
   FUSIONSEG_DEVICE_GUARD(x);
   const at::Tensor xc = x.contiguous(), gc = grad_y.to(x.scalar_type()).contiguous();
@@ -494,12 +487,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& g
 }  // namespace
 }  // namespace fusionseg
 
-#ifdef FUSIONSEG_CUDA_EMULATION
-// The emulation library holds no CPU kernel: its CPU key runs these kernels on CPU threads.
-TORCH_LIBRARY_IMPL(fusionseg, CPU, m) {
-#else
-TORCH_LIBRARY_IMPL(fusionseg, CUDA, m) {
-#endif
+TORCH_LIBRARY_IMPL(fusionseg, FUSIONSEG_KERNELS_DISPATCH_KEY, m) {
   m.impl("instance_norm_leaky_relu_forward", &fusionseg::forward_cuda);
   m.impl("instance_norm_leaky_relu_backward", &fusionseg::backward_cuda);
   m.impl("instance_norm_leaky_relu_", &fusionseg::forward_inplace_cuda);
