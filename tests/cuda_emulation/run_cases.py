@@ -93,6 +93,16 @@ def norm_cases():
         ops.instance_norm_leaky_relu_(y, weight, bias, 1e-5, 0.05)
         assert torch.equal(y, expected), "the in-place op differs from the out-of-place op"
 
+    def opcheck(dtype):
+        """Schema (no output aliases another or an input), fake kernel and autograd registration of
+        the forward and the backward op, on the emulated kernels."""
+        x, weight, bias, grad = _inputs((2, 3, 5, 6, 7), True, dtype, "contiguous")
+        args = [t.to(dtype).requires_grad_() for t in (x, weight, bias)]
+        torch.library.opcheck(ops.instance_norm_leaky_relu_forward, (*args, 1e-5, 0.01))
+        _, mean, rstd = ops.instance_norm_leaky_relu_forward(*[a.detach() for a in args], 1e-5, 0.01)
+        torch.library.opcheck(ops.instance_norm_leaky_relu_backward,
+                              (grad.to(dtype), x.to(dtype), mean, rstd, weight.to(dtype), bias.to(dtype), 0.01))
+
     dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
     for case in CASES:
         for dtype in dtypes:
@@ -101,14 +111,18 @@ def norm_cases():
                 yield name, (lambda c=case, d=dtype, lo=layout: check_against_reference(out_of_place, c, d, lo))
     for dtype in dtypes:
         yield f"norm in place {dtype}", (lambda d=dtype: in_place(d))
+    for dtype in (torch.float64, torch.float32):
+        yield f"norm opcheck {dtype}", (lambda d=dtype: opcheck(d))
 
 
 def run_check(name, check):
+    from torch.testing._internal.optests import OpCheckError
+
     t0 = time.time()
     try:
         check()
         failures = []
-    except AssertionError as err:
+    except (AssertionError, OpCheckError) as err:
         failures = [str(err)[:2000]]
     return {"case": name, "ok": not failures, "seconds": round(time.time() - t0, 2), "failures": failures}
 

@@ -347,7 +347,8 @@ std::tuple<at::Tensor, at::Tensor> forward_into(const at::Tensor& xc, at::Tensor
   const at::Tensor b = param_in(bias, acc_options.dtype().toScalarType());
   at::Tensor partials = at::empty({static_cast<int64_t>(g.blocks), 2}, acc_options);
   at::Tensor mean = at::empty({g.N, g.C}, acc_options), rstd = at::empty({g.N, g.C}, acc_options);
-  at::Tensor a = at::empty({g.planes}, acc_options), shift = at::empty({g.planes}, acc_options);
+  // y = lrelu(x * a + offset) per plane
+  at::Tensor a = at::empty({g.planes}, acc_options), offset = at::empty({g.planes}, acc_options);
   const auto stream = current_stream();
   const T* x = xc.const_data_ptr<T>();
   T* out = y.mutable_data_ptr<T>();
@@ -362,10 +363,10 @@ std::tuple<at::Tensor, at::Tensor> forward_into(const at::Tensor& xc, at::Tensor
   FUSIONSEG_LAUNCH(statistics, blocks_for(g.planes), 0, stream, x, partials.const_data_ptr<Acc>(),
                    ptr_or_null<Acc>(w), ptr_or_null<Acc>(b), g.planes, g.C, g.S, g.chunks, eps,
                    mean.mutable_data_ptr<Acc>(), rstd.mutable_data_ptr<Acc>(), a.mutable_data_ptr<Acc>(),
-                   shift.mutable_data_ptr<Acc>());
+                   offset.mutable_data_ptr<Acc>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const Acc s = static_cast<Acc>(slope);
-  FUSIONSEG_LAUNCH(apply, g.blocks, 0, stream, x, out, a.const_data_ptr<Acc>(), shift.const_data_ptr<Acc>(), g.S,
+  FUSIONSEG_LAUNCH(apply, g.blocks, 0, stream, x, out, a.const_data_ptr<Acc>(), offset.const_data_ptr<Acc>(), g.S,
                    g.chunks, s);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {mean, rstd};
@@ -414,7 +415,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
   }
   if (!affine) return {dx, at::empty({0}, xc.options()), at::empty({0}, xc.options())};
   const at::ScalarType bias_type = bias.has_value() && bias->defined() ? bias->scalar_type() : weight->scalar_type();
-  return {dx, param_grads.select(1, 0).to(weight->scalar_type()), param_grads.select(1, 1).to(bias_type)};
+  // copies (copy=true): for float64 parameters a plain .to() would return two views of one buffer,
+  // and no output of an op may alias another
+  return {dx, param_grads.select(1, 0).to(weight->scalar_type(), false, true),
+          param_grads.select(1, 1).to(bias_type, false, true)};
 }
 
 void check_cuda_input(const at::Tensor& x) {
