@@ -102,7 +102,7 @@ class ConvNormAct(nn.Module):
 def single_channel_conv_misses_onednn(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether `conv` on x is the networks' first layer on the CPU in inference (a 1-channel Conv3d,
     float32, no gradient recorded), which PyTorch's heuristic sends to its unvectorised
-    slow_conv3d (0.10-0.12 s at 1 x 96x128x128 on one core) instead of oneDNN (0.036 s)."""
+    slow_conv3d instead of oneDNN (several times slower for this layer on this shape class)."""
     return (type(conv) is nn.Conv3d and conv.in_channels == 1 and conv.groups == 1 and x.device.type == "cpu"
             and x.dtype == torch.float32 and conv.weight.dtype == torch.float32 and conv.padding_mode == "zeros"
             and isinstance(conv.padding, tuple) and not needs_grad(x, conv.weight, conv.bias))
@@ -225,8 +225,8 @@ def upsample_into(conv: nn.ConvTranspose3d, x: torch.Tensor, out: torch.Tensor) 
 
     NCDHW x: (C_out * kd * kh * kw, C_in) @ (C_in, voxels), so x is read as it lies and the
     scatter's source rows run along W, as its destination's do (the other order, voxels x
-    channels, made the scatter gather 2 values per 1 KB and cost 0.28 s of a 96x128x128
-    forward's 5 s on one core). channels_last_3d x: (voxels, C_in) @ (C_in, C_out * k), the
+    channels, made the scatter gather 2 values per 1 KB: the largest copy of the inference
+    forward's profile). channels_last_3d x: (voxels, C_in) @ (C_in, C_out * k), the
     order in which x lies."""
     n, cin, d, h, w = x.shape
     cout, (kd, kh, kw) = conv.out_channels, conv.kernel_size
